@@ -64,17 +64,21 @@ export function buildImage(sourceRoot = protoRoot, outDir = buildDir): string {
     "--include_imports",
     "--include_source_info",
     `-o${image}`,
+    ...googleRpcFiles,
     ...files,
   ]);
   return image;
 }
 
 const ourFiles = ["--path", "parley"];
+// google.rpc error details travel in every error (ErrorInfo, BadRequest): generate them beside ours.
+const googleRpcFiles = ["google/rpc/status.proto", "google/rpc/error_details.proto"];
 
 function generate(outDir: string): void {
   const image = buildImage();
   rmSync(outDir, { recursive: true, force: true });
-  run(bin("buf"), ["generate", image, ...ourFiles, "--template", "buf.gen.yaml", "-o", outDir]);
+  const paths = [...ourFiles, ...googleRpcFiles.flatMap((f) => ["--path", f])];
+  run(bin("buf"), ["generate", image, ...paths, "--template", "buf.gen.yaml", "-o", outDir]);
 }
 
 function lint(): void {
