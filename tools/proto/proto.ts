@@ -6,7 +6,7 @@
 // protoc `--descriptor_set_in`, and hand the resulting image to buf for lint, breaking and generate.
 // Everything written here lands in .build/proto and is never committed.
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
 import type { DescFile } from "@bufbuild/protobuf";
@@ -74,11 +74,18 @@ const ourFiles = ["--path", "parley"];
 // google.rpc error details travel in every error (ErrorInfo, BadRequest): generate them beside ours.
 const googleRpcFiles = ["google/rpc/status.proto", "google/rpc/error_details.proto"];
 
+/** Generates into a scratch folder first, so a failed compile never leaves `outDir` half-written. */
 function generate(outDir: string): void {
   const image = buildImage();
-  rmSync(outDir, { recursive: true, force: true });
-  const paths = [...ourFiles, ...googleRpcFiles.flatMap((f) => ["--path", f])];
-  run(bin("buf"), ["generate", image, ...paths, "--template", "buf.gen.yaml", "-o", outDir]);
+  const staging = mkdtempSync(join(tmpdir(), "parley-gen-out-"));
+  try {
+    const paths = [...ourFiles, ...googleRpcFiles.flatMap((f) => ["--path", f])];
+    run(bin("buf"), ["generate", image, ...paths, "--template", "buf.gen.yaml", "-o", staging]);
+    rmSync(outDir, { recursive: true, force: true });
+    cpSync(staging, outDir, { recursive: true });
+  } finally {
+    rmSync(staging, { recursive: true, force: true });
+  }
 }
 
 function lint(): void {
