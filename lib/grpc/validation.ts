@@ -1,0 +1,128 @@
+import type { DescFile, DescMessage, DescService, MessageShape, Registry } from "@bufbuild/protobuf";
+import { create, createRegistry } from "@bufbuild/protobuf";
+import { pathToString } from "@bufbuild/protobuf/reflect";
+import type { Validator, Violation } from "@bufbuild/protovalidate";
+import { createValidator } from "@bufbuild/protovalidate";
+import type { CallContext, ServerMiddleware, ServerMiddlewareCall } from "nice-grpc";
+import { file_parley_common_v1_rules } from "../../gen/parley/common/v1/rules_pb.ts";
+import type { FieldViolation } from "../errors.ts";
+import { ParleyError } from "../errors.ts";
+
+/** Reason of every request rejected by its protovalidate rules. */
+export const VALIDATION_FAILED = "VALIDATION_FAILED";
+
+// Violations beyond these are counted, not listed: error details travel in a trailer, and gRPC
+// peers reject trailers over 8 KiB, so a request with thousands of bad ids must still get a
+// readable answer rather than a transport error.
+const MAX_VIOLATIONS_IN_DETAILS = 20;
+const MAX_VIOLATIONS_IN_MESSAGE = 5;
+
+/**
+ * The files that define Parley's predefined rules (`(parley.common.v1.user_id)` and friends).
+ * protovalidate refuses a rule extension it was not given, so every validator must know them.
+ */
+export const PREDEFINED_RULE_FILES: readonly DescFile[] = [file_parley_common_v1_rules];
+
+/** A protovalidate validator that knows Parley's predefined rules, plus any extra files given. */
+export function createParleyValidator(...extra: Array<DescFile | Registry>): Validator {
+  return createValidator({ registry: createRegistry(...PREDEFINED_RULE_FILES, ...extra) });
+}
+
+let shared: Validator | undefined;
+
+function sharedValidator(): Validator {
+  shared ??= createParleyValidator();
+  return shared;
+}
+
+/**
+ * Checks a message against the rules in its schema and throws an `invalid_argument` ParleyError
+ * (reason VALIDATION_FAILED, one field violation per broken rule) when it breaks any. A rule that
+ * cannot be evaluated is a bug in our schema, so it throws `internal`.
+ */
+export function validateMessage<Desc extends DescMessage>(
+  schema: Desc,
+  message: MessageShape<Desc>,
+  validator: Validator = sharedValidator(),
+): void {
+  const result = validator.validate(schema, message);
+  switch (result.kind) {
+    case "valid":
+      return;
+    case "invalid":
+      throw validationError(schema, result.violations);
+    case "error":
+      throw new ParleyError("internal", "VALIDATION_ERROR", `cannot validate ${schema.typeName}`, {
+        cause: result.error,
+      });
+  }
+}
+
+function validationError(schema: DescMessage, violations: readonly Violation[]): ParleyError {
+  const fields = violations.map(toFieldViolation);
+  const listed = fields
+    .slice(0, MAX_VIOLATIONS_IN_MESSAGE)
+    .map((v) => `${v.field || "(message)"}: ${v.description}`);
+  const more = fields.length - listed.length;
+  const message = `invalid ${schema.name}: ${listed.join("; ")}${more > 0 ? `; and ${more} more` : ""}`;
+  return new ParleyError("invalid_argument", VALIDATION_FAILED, message, {
+    violations: fields.slice(0, MAX_VIOLATIONS_IN_DETAILS),
+    metadata: { violationCount: String(fields.length) },
+  });
+}
+
+function toFieldViolation(v: Violation): FieldViolation {
+  return {
+    field: pathToString(v.field),
+    description: v.message,
+    // google.rpc wants UPPER_SNAKE reasons; rule ids look like `bytes.max_len`.
+    reason: v.ruleId.replace(/[^A-Za-z0-9]+/g, "_").toUpperCase(),
+  };
+}
+
+/**
+ * Server middleware that validates every request message (each message of a client stream) of
+ * the given services before the handler sees it. Methods of other services (health, reflection)
+ * pass untouched.
+ */
+export function createValidationMiddleware(
+  services: readonly DescService[],
+  validator: Validator = sharedValidator(),
+): ServerMiddleware {
+  const inputByPath = new Map<string, DescMessage>();
+  for (const service of services) {
+    for (const method of service.methods) {
+      inputByPath.set(`/${service.typeName}/${method.name}`, method.input);
+      // Compiles the rules now rather than on the first request, and fails at start-up when a
+      // schema uses a rule this validator does not know.
+      const warmUp = validator.validate(method.input, create(method.input));
+      if (warmUp.kind === "error") {
+        throw new Error(`cannot validate ${method.input.typeName}: ${warmUp.error.message}`, {
+          cause: warmUp.error,
+        });
+      }
+    }
+  }
+  return async function* validationMiddleware<Req, Res>(
+    call: ServerMiddlewareCall<Req, Res>,
+    context: CallContext,
+  ) {
+    const schema = inputByPath.get(call.method.path);
+    if (schema === undefined) {
+      return yield* call.next(call.request, context);
+    }
+    const check = (message: Req) => validateMessage(schema, message as MessageShape<DescMessage>, validator);
+    if (!call.requestStream) {
+      check(call.request);
+      return yield* call.next(call.request, context);
+    }
+    return yield* call.next(validatedStream(call.request, check), context);
+  };
+}
+
+async function* validatedStream<T>(source: AsyncIterable<T>, check: (message: T) => void): AsyncGenerator<T> {
+  for await (const message of source) {
+    check(message);
+    yield message;
+  }
+}

@@ -1,0 +1,67 @@
+export type { ConfigOf, ConfigSpec, ConfigVar } from "./config.ts";
+export {
+  boolVar,
+  ConfigError,
+  durationVar,
+  enumVar,
+  intVar,
+  loadConfig,
+  optional,
+  portVar,
+  stringVar,
+  urlVar,
+} from "./config.ts";
+export { toConnectError } from "./connect-error.ts";
+export type { ErrorDetail, FieldViolation, ParleyErrorOptions } from "./errors.ts";
+export {
+  aborted,
+  alreadyExists,
+  deadlineExceeded,
+  ERROR_DOMAIN,
+  ErrorCode,
+  errorCodeFromNumber,
+  errorDetails,
+  failedPrecondition,
+  INTERNAL_ERROR_MESSAGE,
+  internal,
+  invalidArgument,
+  isParleyError,
+  isUnexpectedError,
+  notFound,
+  ParleyError,
+  parleyErrorFromStatus,
+  permissionDenied,
+  resourceExhausted,
+  toParleyError,
+  toStatus,
+  unauthenticated,
+  unavailable,
+  unimplemented,
+} from "./errors.ts";
+export type {
+  GrpcCallOptions,
+  GrpcChannelOptions,
+  GrpcClientOptions,
+  GrpcServiceClient,
+} from "./grpc/client.ts";
+export { closeChannel, createGrpcChannel, createGrpcClient } from "./grpc/client.ts";
+export { fromGrpcError, STATUS_DETAILS_KEY, toGrpcError } from "./grpc/grpc-error.ts";
+export { fileDescriptorSet } from "./grpc/reflection.ts";
+export type { GrpcServer, GrpcServerOptions, GrpcServiceRegistration } from "./grpc/server.ts";
+export { createGrpcServer, grpcService } from "./grpc/server.ts";
+export type {
+  GrpcCallContext,
+  GrpcClient,
+  GrpcMethodDefinition,
+  GrpcServiceDefinition,
+  GrpcServiceImplementation,
+} from "./grpc/service-definition.ts";
+export { toServiceDefinition } from "./grpc/service-definition.ts";
+export type { TerminatorContext } from "./grpc/terminator.ts";
+export { unimplementedService } from "./grpc/unimplemented.ts";
+export { createParleyValidator, VALIDATION_FAILED, validateMessage } from "./grpc/validation.ts";
+export { DIRECT_CONVERSATION_NAMESPACE, directConversationId, newGroupId, newMessageId } from "./ids.ts";
+export type { Logger, LogLevel } from "./logging.ts";
+export { createLogger, LOG_LEVELS, traceFields } from "./logging.ts";
+export type { StopTelemetry, TelemetryOptions } from "./telemetry.ts";
+export { startTelemetry } from "./telemetry.ts";
