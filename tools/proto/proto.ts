@@ -20,8 +20,22 @@ const buildDir = join(root, ".build/proto");
 const bin = (name: string) => join(root, "node_modules/.bin", name);
 const googleProtos = join(root, "node_modules/google-proto-files");
 
+/** A tool failed; its own output already said why. */
+class ToolFailed extends Error {
+  readonly status: number;
+  constructor(tool: string, status: number) {
+    super(`${tool} failed (exit ${status})`);
+    this.status = status;
+  }
+}
+
 function run(cmd: string, args: string[], cwd = root): void {
-  execFileSync(cmd, args, { cwd, stdio: "inherit" });
+  try {
+    execFileSync(cmd, args, { cwd, stdio: "inherit" });
+  } catch (err) {
+    const status = (err as { status?: number | null }).status;
+    throw new ToolFailed(`${cmd.split("/").pop()} ${args[0] ?? ""}`.trim(), status || 1);
+  }
 }
 
 function listProtoFiles(dir: string): string[] {
@@ -108,6 +122,7 @@ function breaking(ref: string): void {
     execFileSync("sh", ["-c", `git archive ${ref} proto | tar -x -C ${scratch}`], { cwd: root });
     const against = buildImage(join(scratch, "proto"), join(scratch, "build"));
     const current = buildImage();
+    console.log(`buf breaking: comparing the contracts with ${ref}`);
     run(bin("buf"), ["breaking", current, "--against", against, ...ourFiles, "--config", "buf.yaml"]);
   } finally {
     rmSync(scratch, { recursive: true, force: true });
@@ -119,10 +134,10 @@ function check(): void {
   try {
     generate(join(scratch, "gen"));
     try {
-      execFileSync("diff", ["-r", "-u", join(root, "gen"), join(scratch, "gen")], { stdio: "inherit" });
-    } catch {
+      run("diff", ["-r", "-u", join(root, "gen"), join(scratch, "gen")]);
+    } catch (err) {
       console.error("gen/ does not match the protos: run `npm run gen` and commit the result");
-      process.exit(1);
+      throw err;
     }
     console.log("gen/ matches the protos");
   } finally {
@@ -131,26 +146,32 @@ function check(): void {
 }
 
 const [command = "gen", arg] = process.argv.slice(2);
-switch (command) {
-  case "image":
-    console.log(buildImage());
-    break;
-  case "gen":
-    generate(join(root, "gen"));
-    break;
-  case "check":
-    check();
-    break;
-  case "lint":
-    lint();
-    break;
-  case "format":
-    run(bin("buf"), ["format", "proto", "-w"]);
-    break;
-  case "breaking":
-    breaking(arg ?? "main");
-    break;
-  default:
-    console.error(`unknown command ${command}: use image | gen | check | lint | format | breaking [ref]`);
-    process.exit(2);
+try {
+  switch (command) {
+    case "image":
+      console.log(buildImage());
+      break;
+    case "gen":
+      generate(join(root, "gen"));
+      break;
+    case "check":
+      check();
+      break;
+    case "lint":
+      lint();
+      break;
+    case "format":
+      run(bin("buf"), ["format", "proto", "-w"]);
+      break;
+    case "breaking":
+      breaking(arg ?? "main");
+      break;
+    default:
+      console.error(`unknown command ${command}: use image | gen | check | lint | format | breaking [ref]`);
+      process.exit(2);
+  }
+} catch (err) {
+  if (!(err instanceof ToolFailed)) throw err;
+  console.error(err.message);
+  process.exit(err.status);
 }
