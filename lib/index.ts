@@ -1,3 +1,15 @@
+export type {
+  Broker,
+  BrokerMessage,
+  FollowOptions,
+  MessageHandler,
+  OutgoingBrokerMessage,
+  SubscribeOptions,
+  Subscription,
+} from "./broker/broker.ts";
+export { DEAD_LETTER_PROPERTIES, deadLetterTopic, Topics } from "./broker/broker.ts";
+export type { EmbeddedBroker, EmbeddedBrokerOptions } from "./broker/embedded-broker.ts";
+export { createEmbeddedBroker } from "./broker/embedded-broker.ts";
 export type { ConfigOf, ConfigSpec, ConfigVar } from "./config.ts";
 export {
   boolVar,
@@ -63,5 +75,8 @@ export { createParleyValidator, VALIDATION_FAILED, validateMessage } from "./grp
 export { DIRECT_CONVERSATION_NAMESPACE, directConversationId, newGroupId, newMessageId } from "./ids.ts";
 export type { Logger, LogLevel } from "./logging.ts";
 export { createLogger, LOG_LEVELS, traceFields } from "./logging.ts";
+export type { Outbox, OutboxEvent, OutboxRecord, OutboxRelay } from "./outbox.ts";
+export { createSqliteOutbox, startOutboxRelay } from "./outbox.ts";
+export { inTransaction, migrate, openSqlite } from "./sqlite.ts";
 export type { StopTelemetry, TelemetryOptions } from "./telemetry.ts";
 export { startTelemetry } from "./telemetry.ts";

@@ -9,7 +9,11 @@
 /** A message as consumers receive it. */
 export interface BrokerMessage {
   readonly topic: string;
-  /** Broker-assigned, unique per topic and increasing in publish order. */
+  /**
+   * Broker-assigned, unique per topic and increasing in publish order: the ids of one persistent
+   * topic compare as strings (same length, e.g. fixed-width decimal). Ids of ephemeral messages
+   * are unique but not comparable with persistent ones.
+   */
   readonly id: string;
   /** Ordering key (Pulsar's partition/message key): messages with one key are handled in order. */
   readonly key: string;
@@ -31,9 +35,25 @@ export interface OutgoingBrokerMessage {
  * A subscription's handler. Resolving acknowledges the message (it is never delivered to this
  * subscription again); throwing negatively acknowledges it: it is redelivered after a delay, and
  * after `maxRedeliveries` it goes to the dead-letter topic instead.
+ *
+ * Delivery is at-least-once: a message whose handler had not finished when the process died (or
+ * whose acknowledgement was not yet stored) is delivered again, so handlers must be idempotent.
  */
 export type MessageHandler = (message: BrokerMessage) => Promise<void>;
 
+/**
+ * A durable subscription. Its cursor (which messages are acknowledged, individually, not only up
+ * to a position) survives restarts; re-subscribing after a crash delivers every unacknowledged
+ * message again, in order per key.
+ *
+ * Initial position: a subscription created for the first time starts at the EARLIEST RETAINED
+ * message of the topic, not at the latest (Pulsar's default). Publishers and consumers start in
+ * any order, and a message published before its consumer first subscribed must not be lost.
+ *
+ * Per key, messages are handled one at a time in publish order, also across redeliveries: while a
+ * negatively acknowledged message waits for its redelivery, later messages with its key wait
+ * behind it (other keys go on).
+ */
 export interface SubscribeOptions {
   /** Durable subscription name: consumers sharing it share the work (a consumer group). */
   readonly subscription: string;
@@ -46,19 +66,42 @@ export interface SubscribeOptions {
   readonly maxInFlight?: number;
   /** Delay before a negatively acknowledged message comes back. Default 1 s. */
   readonly redeliveryDelayMs?: number;
-  /** Deliveries after the first before the message goes to `<topic>-<subscription>-DLQ`. Default 10. */
+  /**
+   * Deliveries after the first before the message goes to `<topic>-<subscription>-DLQ`
+   * (`deadLetterTopic`). Default 10: a message failing every time is handled 11 times, the last
+   * with `redeliveryCount` 10, then published to the dead-letter topic (same key, payload and
+   * properties, plus `DEAD_LETTER_PROPERTIES`) and acknowledged.
+   */
   readonly maxRedeliveries?: number;
 }
 
+/** The dead-letter topic of a subscription (Pulsar's default name). */
+export function deadLetterTopic(topic: string, subscription: string): string {
+  return `${topic}-${subscription}-DLQ`;
+}
+
+/** Properties a dead-lettered message carries besides its own (the names Pulsar's clients use). */
+export const DEAD_LETTER_PROPERTIES = {
+  /** The topic the message was first published to. */
+  realTopic: "REAL_TOPIC",
+  /** Its id there. */
+  originMessageId: "ORIGIN_MESSAGE_ID",
+} as const;
+
 export interface Subscription {
-  /** Stops delivering; unacknowledged messages stay for the next consumer of the subscription. */
+  /**
+   * Stops delivering, waits for this consumer's running handlers and stores their
+   * acknowledgements; unacknowledged messages stay for the next consumer of the subscription (in
+   * `failover` mode, the next consumer in subscription order takes over only then).
+   */
   close(): Promise<void>;
 }
 
 export interface FollowOptions {
   /**
    * For compacted control topics: first replay the latest message of every key (older ones with
-   * the same key are skipped), then follow new messages as they are published.
+   * the same key are skipped, and so are keys whose latest message has an empty payload: a
+   * tombstone), in id order, then follow every new message as it is published (tombstones too).
    */
   readonly compacted?: boolean;
 }
@@ -69,20 +112,29 @@ export interface Broker {
    * sender's SENT depends on it). Per key, messages are delivered in publish order.
    */
   publish(topic: string, message: OutgoingBrokerMessage): Promise<{ readonly id: string }>;
-  /** Fire-and-forget for non-persistent topics (presence, typing): only live followers get it. */
+  /**
+   * Fire-and-forget for non-persistent topics (presence, typing): only followers of the topic at
+   * that moment get it; nothing is stored and durable subscriptions never see it. A follower far
+   * behind may miss ephemeral messages.
+   */
   publishEphemeral(topic: string, message: OutgoingBrokerMessage): void;
   /** A durable subscription with acknowledgements (see SubscribeOptions). */
   subscribe(topic: string, options: SubscribeOptions, handler: MessageHandler): Promise<Subscription>;
   /**
    * A non-durable reader from the start of the retained topic (or only the latest per key when
    * `compacted`), then live; also receives ephemeral messages while it follows. Used for local
-   * views (the sender's membership and blocks) and for presence and typing fan-out.
+   * views (the sender's membership and blocks) and for presence and typing fan-out. Handler calls
+   * of one follower run one at a time, in order; a handler that throws is logged and skipped.
    */
   follow(
     topic: string,
     options: FollowOptions,
     handler: (message: BrokerMessage) => void | Promise<void>,
   ): Promise<Subscription>;
+  /**
+   * Stops deliveries, waits for running handlers (they may still publish meanwhile), stores their
+   * acknowledgements, then releases the broker; publishing afterwards fails.
+   */
   close(): Promise<void>;
 }
 
