@@ -1,6 +1,16 @@
+import { join } from "node:path";
 import type { ConfigOf } from "../lib/config.ts";
-import { enumVar, loadConfig, optional, portVar, stringVar, urlVar } from "../lib/config.ts";
+import { durationVar, enumVar, loadConfig, optional, portVar, stringVar, urlVar } from "../lib/config.ts";
 import { LOG_LEVELS } from "../lib/logging.ts";
+
+/** The audience every client token must name unless PARLEY_EDGE_JWT_AUDIENCE says otherwise. */
+export const DEFAULT_JWT_AUDIENCE = "parley";
+
+/** The issuer of tokens the dev issuer mints, unless PARLEY_EDGE_JWT_ISSUER names another. */
+export const DEV_ISSUER = "parley-dev";
+
+/** File name of the dev issuer's private key inside a data folder. */
+export const DEV_ISSUER_KEY_FILE_NAME = "dev-issuer.jwk";
 
 /** The edge's environment. Internal service addresses are host:port of their gRPC servers. */
 export const edgeConfigSpec = {
@@ -15,10 +25,47 @@ export const edgeConfigSpec = {
   senderAddress: stringVar("PARLEY_SENDER_ADDRESS", { default: "127.0.0.1:7103" }),
   historyAddress: stringVar("PARLEY_HISTORY_ADDRESS", { default: "127.0.0.1:7104" }),
   deliveryAddress: stringVar("PARLEY_DELIVERY_ADDRESS", { default: "127.0.0.1:7105" }),
+  // Client tokens (see edge/auth). Exactly one key source: the deployment's public keys, or the
+  // dev issuer's key file (created on first start). Checked together when the edge starts.
+  // A JWKS of Ed25519 public keys, inline (a value starting with "{") or the path of a JSON file.
+  jwtPublicKeys: optional(stringVar("PARLEY_EDGE_JWT_PUBLIC_KEYS")),
+  // Required with PARLEY_EDGE_JWT_PUBLIC_KEYS; the dev issuer defaults to DEV_ISSUER.
+  jwtIssuer: optional(stringVar("PARLEY_EDGE_JWT_ISSUER")),
+  jwtAudience: stringVar("PARLEY_EDGE_JWT_AUDIENCE", { default: DEFAULT_JWT_AUDIENCE }),
+  jwtClockToleranceMs: durationVar("PARLEY_EDGE_JWT_CLOCK_TOLERANCE", { default: 30_000 }),
+  devIssuerKeyFile: optional(stringVar("PARLEY_EDGE_DEV_ISSUER_KEY_FILE")),
 };
 
 export type EdgeConfig = ConfigOf<typeof edgeConfigSpec>;
 
+/** The part of the edge's config that decides how client tokens are verified. */
+export type EdgeAuthConfig = Pick<
+  EdgeConfig,
+  "jwtPublicKeys" | "jwtIssuer" | "jwtAudience" | "jwtClockToleranceMs" | "devIssuerKeyFile"
+>;
+
 export function loadEdgeConfig(env: Readonly<Record<string, string | undefined>> = process.env): EdgeConfig {
   return loadConfig(edgeConfigSpec, env);
+}
+
+/** Where the dev issuer keeps its private key in a data folder (`<dataDir>/dev-issuer.jwk`). */
+export function devIssuerKeyPath(dataDir: string): string {
+  return join(dataDir, DEV_ISSUER_KEY_FILE_NAME);
+}
+
+/**
+ * The auth settings of the embedded profile: the dev issuer's key in `dataDir`; issuer, audience
+ * and clock tolerance from the same variables (and defaults) the edge and `npm run token` read, so
+ * the tokens that tool mints are the ones this edge accepts.
+ */
+export function devIssuerAuthConfig(
+  dataDir: string,
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): EdgeAuthConfig {
+  const { jwtIssuer, jwtAudience, jwtClockToleranceMs } = edgeConfigSpec;
+  return {
+    ...loadConfig({ jwtIssuer, jwtAudience, jwtClockToleranceMs }, env),
+    jwtPublicKeys: undefined,
+    devIssuerKeyFile: devIssuerKeyPath(dataDir),
+  };
 }

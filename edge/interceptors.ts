@@ -1,6 +1,6 @@
 import type { Interceptor } from "@connectrpc/connect";
 import { toConnectError } from "../lib/connect-error.ts";
-import { isUnexpectedError } from "../lib/errors.ts";
+import { isParleyError, isUnexpectedError } from "../lib/errors.ts";
 import { validateMessage } from "../lib/grpc/validation.ts";
 import type { Logger } from "../lib/logging.ts";
 
@@ -26,7 +26,8 @@ export function createErrorInterceptor(logger: Logger): Interceptor {
     const fail = (err: unknown): never => {
       if (isUnexpectedError(err)) logger.error({ rpc, err }, "unexpected error in edge handler");
       const connectError = toConnectError(err);
-      logger.info({ rpc, code: connectError.code, duration_ms: elapsed(started) }, "rpc failed");
+      const reason = isParleyError(err) ? err.reason : undefined;
+      logger.info({ rpc, code: connectError.code, reason, duration_ms: elapsed(started) }, "rpc failed");
       throw connectError;
     };
     try {

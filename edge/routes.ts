@@ -1,5 +1,15 @@
 import type { ConnectRouter } from "@connectrpc/connect";
+import { ConnectionService } from "../gen/parley/connection/v1/connection_service_pb.ts";
+import { ContactService } from "../gen/parley/edge/v1/contact_service_pb.ts";
+import { ConversationService } from "../gen/parley/edge/v1/conversation_service_pb.ts";
+import { DeviceService } from "../gen/parley/edge/v1/device_service_pb.ts";
+import { HistoryService as EdgeHistoryService } from "../gen/parley/edge/v1/history_service_pb.ts";
 import { SessionService } from "../gen/parley/edge/v1/session_service_pb.ts";
+import { HistoryService } from "../gen/parley/history/v1/history_service_pb.ts";
+import { KeyService } from "../gen/parley/key/v1/key_service_pb.ts";
+import type { Logger } from "../lib/logging.ts";
+import type { InternalClients } from "./internal-clients.ts";
+import { createPassthroughService } from "./passthrough.ts";
 import { unimplementedEdgeService } from "./unimplemented.ts";
 
 /** Where clients reach this edge host: returned by Locate and named in Drain frames. */
@@ -8,13 +18,43 @@ export interface EdgeIdentity {
   readonly publicUrl: string;
 }
 
-/** Every service the edge serves; methods later work implements answer `unimplemented` until then. */
-export function edgeRoutes(identity: EdgeIdentity): (router: ConnectRouter) => void {
+export interface EdgeRouteDependencies {
+  readonly identity: EdgeIdentity;
+  readonly clients: InternalClients;
+  readonly logger: Logger;
+}
+
+/** Edge methods whose internal method has another name. */
+export const RENAMED_METHODS = {
+  contact: { SetMyProfile: "UpsertProfile" },
+} as const;
+
+/**
+ * Every service the edge serves. Every call is authenticated first (see edge/auth); the four
+ * passthrough services forward to their internal service as the token's caller; SessionService
+ * methods that later work implements answer `unimplemented` until then. Building the routes checks
+ * that each passthrough lines up with its internal contract, so drift fails at start-up.
+ */
+export function edgeRoutes(deps: EdgeRouteDependencies): (router: ConnectRouter) => void {
+  const { identity, clients, logger } = deps;
+  const passthroughs = [
+    createPassthroughService(ContactService, ConnectionService, clients.connection, {
+      methodNames: RENAMED_METHODS.contact,
+      logger,
+    }),
+    createPassthroughService(ConversationService, ConnectionService, clients.connection, { logger }),
+    createPassthroughService(DeviceService, KeyService, clients.key, { logger }),
+    createPassthroughService(EdgeHistoryService, HistoryService, clients.history, { logger }),
+  ] as const;
   return (router) => {
     router.service(SessionService, {
       ...unimplementedEdgeService(SessionService),
       // A single host is its own answer; the cluster profile ranks live hosts from the registry.
       locate: async () => ({ edgeUrl: identity.publicUrl, hostId: identity.hostId }),
     });
+    router.service(ContactService, passthroughs[0]);
+    router.service(ConversationService, passthroughs[1]);
+    router.service(DeviceService, passthroughs[2]);
+    router.service(EdgeHistoryService, passthroughs[3]);
   };
 }

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
-import type { Transport } from "@connectrpc/connect";
+import type { Interceptor, Transport } from "@connectrpc/connect";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import {
   createConnectTransport,
@@ -12,14 +12,20 @@ import {
 } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BadRequestSchema, ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.ts";
+import { ConnectionState } from "../gen/parley/connection/v1/connection_pb.ts";
 import { ConnectionService } from "../gen/parley/connection/v1/connection_service_pb.ts";
 import { DeliveryService } from "../gen/parley/delivery/v1/delivery_service_pb.ts";
+import { ContactService } from "../gen/parley/edge/v1/contact_service_pb.ts";
+import { ConversationService } from "../gen/parley/edge/v1/conversation_service_pb.ts";
+import { HistoryService as EdgeHistoryService } from "../gen/parley/edge/v1/history_service_pb.ts";
 import { SessionService } from "../gen/parley/edge/v1/session_service_pb.ts";
 import { HistoryService } from "../gen/parley/history/v1/history_service_pb.ts";
 import { KeyService } from "../gen/parley/key/v1/key_service_pb.ts";
 import { SenderService, SendMessageRequestSchema } from "../gen/parley/sender/v1/sender_service_pb.ts";
 import { closeChannel, createGrpcClient } from "../lib/grpc/client.ts";
 import { fromGrpcError } from "../lib/grpc/grpc-error.ts";
+import { directConversationId } from "../lib/ids.ts";
+import { mintDevToken } from "../tools/token/dev-token.ts";
 import type { MeshProcess } from "./support/child-process.ts";
 import { startNodeProcess } from "./support/child-process.ts";
 import { healthStatus, reflectedServices } from "./support/grpc-probes.ts";
@@ -35,6 +41,8 @@ const internalServices = {
 let mesh: MeshProcess;
 let dataDir: string;
 let edgeUrl: string;
+let token: string;
+let bobToken: string;
 const addresses: Record<string, string> = {};
 
 beforeAll(async () => {
@@ -42,12 +50,16 @@ beforeAll(async () => {
   mesh = startNodeProcess("tools/mesh/start-embedded.ts", {
     PARLEY_EDGE_PORT: "0",
     PARLEY_DATA_DIR: dataDir,
-    PARLEY_LOG_LEVEL: "warn",
+    // info: one access line per internal RPC, to tell which calls reached an internal service.
+    PARLEY_LOG_LEVEL: "info",
   });
   edgeUrl = (await mesh.waitFor(/edge: (http:\/\/\S+)/))[1] ?? "";
   for (const name of Object.keys(internalServices)) {
     addresses[name] = (await mesh.waitFor(new RegExp(`${name}: (\\S+) \\(gRPC\\)`)))[1] ?? "";
   }
+  // Signed by the dev issuer the mesh's edge trusts: the key in the mesh's data folder.
+  token = (await mintDevToken({ dataDir, userId: "alice", deviceId: "phone", ttlMs: 600_000 })).token;
+  bobToken = (await mintDevToken({ dataDir, userId: "bob", deviceId: "laptop", ttlMs: 600_000 })).token;
 });
 
 afterAll(async () => {
@@ -108,13 +120,37 @@ describe("internal services", () => {
   });
 });
 
+/** Sends the dev token, as every client of the edge must. */
+const authenticate: Interceptor = (next) => (req) => {
+  req.header.set("authorization", `Bearer ${token}`);
+  return next(req);
+};
+
+/** The internal RPCs the mesh logged so far (one access line each), e.g. `/parley.x.v1.S/M`. */
+function internalCallsLogged(): string[] {
+  return [...mesh.output().matchAll(/"method":"(\/parley\.[^"]+)"/g)].map((m) => m[1] ?? "");
+}
+
+async function failure(call: Promise<unknown>): Promise<ConnectError> {
+  const err = await call.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ConnectError);
+  return err as ConnectError;
+}
+
 describe("edge", () => {
   const transports: Record<string, () => Transport> = {
-    "Connect over HTTP/1.1": () => createConnectTransport({ baseUrl: edgeUrl, httpVersion: "1.1" }),
-    "Connect over HTTP/2": () => createConnectTransport({ baseUrl: edgeUrl, httpVersion: "2" }),
-    "gRPC over HTTP/2": () => createGrpcTransport({ baseUrl: edgeUrl }),
-    "gRPC-Web over HTTP/1.1": () => createGrpcWebTransport({ baseUrl: edgeUrl, httpVersion: "1.1" }),
+    "Connect over HTTP/1.1": () =>
+      createConnectTransport({ baseUrl: edgeUrl, httpVersion: "1.1", interceptors: [authenticate] }),
+    "Connect over HTTP/2": () =>
+      createConnectTransport({ baseUrl: edgeUrl, httpVersion: "2", interceptors: [authenticate] }),
+    "gRPC over HTTP/2": () => createGrpcTransport({ baseUrl: edgeUrl, interceptors: [authenticate] }),
+    "gRPC-Web over HTTP/1.1": () =>
+      createGrpcWebTransport({ baseUrl: edgeUrl, httpVersion: "1.1", interceptors: [authenticate] }),
   };
+  const connect = () => transports["Connect over HTTP/1.1"]?.() as Transport;
 
   it.each(Object.entries(transports))("Locate answers over %s", async (_name, transport) => {
     const response = await createClient(SessionService, transport()).locate({});
@@ -122,14 +158,17 @@ describe("edge", () => {
     expect(response.hostId).not.toBe("");
   });
 
+  it("refuses calls without a token: unauthenticated, TOKEN_MISSING", async () => {
+    const anonymous = createConnectTransport({ baseUrl: edgeUrl, httpVersion: "1.1" });
+    const err = await failure(createClient(SessionService, anonymous).locate({}));
+    expect(err.code).toBe(Code.Unauthenticated);
+    expect(err.findDetails(ErrorInfoSchema)[0]?.reason).toBe("TOKEN_MISSING");
+    expect(err.rawMessage).toContain("Authorization: Bearer <token>");
+  });
+
   it("refuses an invalid request with invalid_argument and field violations", async () => {
-    const client = createClient(SessionService, transports["Connect over HTTP/1.1"]?.() as Transport);
-    const err = ConnectError.from(
-      await client.send({}).then(
-        () => undefined,
-        (e: unknown) => e,
-      ),
-    );
+    const client = createClient(SessionService, connect());
+    const err = await failure(client.send({}));
     expect(err.code).toBe(Code.InvalidArgument);
     expect(err.findDetails(ErrorInfoSchema)[0]?.reason).toBe("VALIDATION_FAILED");
     expect(err.findDetails(BadRequestSchema)[0]?.fieldViolations.map((v) => v.field)).toEqual(["message"]);
@@ -137,16 +176,85 @@ describe("edge", () => {
 
   it("answers RPCs not built yet with unimplemented", async () => {
     const client = createClient(SessionService, transports["gRPC over HTTP/2"]?.() as Transport);
-    const err = ConnectError.from(
-      await client
-        .setTyping({ typing: { conversationId: "0190e8f4-1c7b-7000-8000-000000000001", typing: true } })
-        .then(
-          () => undefined,
-          (e: unknown) => e,
-        ),
+    const err = await failure(
+      client.setTyping({ typing: { conversationId: "0190e8f4-1c7b-7000-8000-000000000001", typing: true } }),
     );
     expect(err.code).toBe(Code.Unimplemented);
     expect(err.rawMessage).toBe("parley.edge.v1.SessionService/SetTyping is not implemented yet");
+  });
+
+  describe("passthrough to internal services", () => {
+    const as = (bearerToken: string) =>
+      createConnectTransport({
+        baseUrl: edgeUrl,
+        httpVersion: "1.1",
+        interceptors: [
+          (next) => (req) => {
+            req.header.set("authorization", `Bearer ${bearerToken}`);
+            return next(req);
+          },
+        ],
+      });
+
+    it("routes ContactService to the connection service, acting as each token's user", async () => {
+      const alice = createClient(ContactService, as(token));
+      const bob = createClient(ContactService, as(bobToken));
+      expect((await bob.setMyProfile({ displayName: "Bob" })).profile).toMatchObject({
+        userId: "bob",
+        displayName: "Bob",
+      });
+      const requested = await alice.requestConnection({ otherUserId: "bob" });
+      expect(requested.connection).toMatchObject({
+        otherUserId: "bob",
+        state: ConnectionState.PENDING_OUTGOING,
+      });
+      const incoming = await bob.listConnections({});
+      expect(incoming.connections.map((c) => [c.otherUserId, c.state])).toEqual([
+        ["alice", ConnectionState.PENDING_INCOMING],
+      ]);
+      const accepted = await bob.acceptConnection({ otherUserId: "alice" });
+      expect(accepted.connection).toMatchObject({ otherUserId: "alice", state: ConnectionState.ACCEPTED });
+      expect(accepted.connection?.conversationId).toBe(directConversationId("alice", "bob"));
+      expect(internalCallsLogged()).toEqual(
+        expect.arrayContaining([
+          "/parley.connection.v1.ConnectionService/UpsertProfile",
+          "/parley.connection.v1.ConnectionService/RequestConnection",
+        ]),
+      );
+    });
+
+    it("passes the internal service's errors through: code, message, reason", async () => {
+      const err = await failure(
+        createClient(ContactService, connect()).getProfile({ otherUserId: "nobody" }),
+      );
+      expect(err.code).toBe(Code.NotFound);
+      expect(err.findDetails(ErrorInfoSchema)[0]?.reason).toBe("USER_NOT_FOUND");
+      // A rule the edge schema cannot express (the caller among the members), enforced internally.
+      const conversations = createClient(ConversationService, connect());
+      const own = await failure(conversations.createGroup({ name: "team", memberUserIds: ["bob", "alice"] }));
+      expect(own.code).toBe(Code.InvalidArgument);
+    });
+
+    it("answers unimplemented internal methods naming the internal method", async () => {
+      // History answers UNIMPLEMENTED until its handlers land; the message names the internal
+      // method, which shows the call went edge -> auth -> history and back.
+      const err = await failure(createClient(EdgeHistoryService, connect()).sync({}));
+      expect(err.code).toBe(Code.Unimplemented);
+      expect(err.rawMessage).toBe("parley.history.v1.HistoryService/Sync is not implemented yet");
+      expect(err.findDetails(ErrorInfoSchema)[0]?.reason).toBe("NOT_IMPLEMENTED");
+    });
+
+    it("refuses a call without a valid token before it reaches the internal service", async () => {
+      const anonymous = createConnectTransport({ baseUrl: edgeUrl, httpVersion: "1.1" });
+      for (const transport of [anonymous, as(`${token.slice(0, -4)}AAAA`)]) {
+        const err = await failure(createClient(ContactService, transport).blockUser({ otherUserId: "bob" }));
+        expect(err.code).toBe(Code.Unauthenticated);
+      }
+      // A call that does reach the connection service, logged after anything logged before it.
+      await createClient(ContactService, connect()).getProfile({ otherUserId: "alice" });
+      await expect.poll(internalCallsLogged).toContain("/parley.connection.v1.ConnectionService/GetProfile");
+      expect(internalCallsLogged()).not.toContain("/parley.connection.v1.ConnectionService/BlockUser");
+    });
   });
 
   it("serves plain HTTP liveness", async () => {

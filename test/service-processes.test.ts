@@ -1,4 +1,5 @@
 // Each service's main.ts starts it alone, as the cluster profile and Kubernetes run it.
+import { exportJWK, generateKeyPair } from "jose";
 import { afterEach, describe, expect, it } from "vitest";
 import type { MeshProcess } from "./support/child-process.ts";
 import { startNodeProcess } from "./support/child-process.ts";
@@ -34,11 +35,27 @@ describe("service processes", () => {
   );
 
   it("the edge starts alone and stops on SIGTERM", async () => {
-    const child = startNodeProcess("edge/main.ts", { PARLEY_EDGE_PORT: "0" });
+    const { publicKey } = await generateKeyPair("Ed25519");
+    const child = startNodeProcess("edge/main.ts", {
+      PARLEY_EDGE_PORT: "0",
+      PARLEY_EDGE_JWT_PUBLIC_KEYS: JSON.stringify({ keys: [await exportJWK(publicKey)] }),
+      PARLEY_EDGE_JWT_ISSUER: "https://auth.example.com",
+    });
     running.push(child);
     const url = (await child.waitFor(/"url":"(http:[^"]+)"/))[1];
     expect((await fetch(`${url}/healthz`)).status).toBe(200);
     expect(await child.stop()).toBe(0);
+  });
+
+  it("the edge refuses to start without a way to verify tokens", async () => {
+    const child = startNodeProcess("edge/main.ts", {
+      PARLEY_EDGE_PORT: "0",
+      PARLEY_EDGE_JWT_PUBLIC_KEYS: "",
+      PARLEY_EDGE_DEV_ISSUER_KEY_FILE: "",
+    });
+    running.push(child);
+    expect(await child.exited()).toBe(78);
+    expect(child.output()).toContain("PARLEY_EDGE_JWT_PUBLIC_KEYS is required");
   });
 
   it("refuses to start on bad configuration, naming every bad variable", async () => {

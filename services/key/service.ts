@@ -1,12 +1,97 @@
+import type { DatabaseSync } from "node:sqlite";
 import { KeyService } from "../../gen/parley/key/v1/key_service_pb.ts";
+import type { Broker } from "../../lib/broker/broker.ts";
 import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
+import type { Logger } from "../../lib/logging.ts";
+import { startOutboxRelay } from "../../lib/outbox.ts";
+import { createMembershipView, followRelationships } from "./adapters/memory/membership-view.ts";
+import { createMemoryRateLimiter } from "./adapters/memory/token-bucket.ts";
+import { createSqliteKeyStore } from "./adapters/sqlite/sqlite-key-store.ts";
+import type { KeyStore } from "./domain/key-store.ts";
+import type { KeyDomain, KeyDomainDeps } from "./domain/keys.ts";
+import { createKeyDomain } from "./domain/keys.ts";
+import type { KeySettings } from "./domain/model.ts";
+import type { RelationshipView } from "./domain/relationship-view.ts";
 import { createKeyHandlers } from "./handlers.ts";
 
 /** Default gRPC port of the key service in the cluster profile (PARLEY_KEY_PORT). */
 export const KEY_DEFAULT_PORT = 7102;
 
-/** The gRPC services the key process serves, wired to the adapters its main picked. */
-export function keyServices(): GrpcServiceRegistration[] {
-  return [grpcService(KeyService, createKeyHandlers())];
+/** The gRPC services of the key service over a domain wired to the given adapters. */
+export function keyServices(deps: KeyDomainDeps | KeyDomain): GrpcServiceRegistration[] {
+  const keys = "registerDevice" in deps ? deps : createKeyDomain(deps);
+  return [grpcService(KeyService, createKeyHandlers(keys))];
+}
+
+export interface KeyServiceOptions {
+  /** Where the keys live: a KeyStore, an open SQLite database, or the path of the SQLite file. */
+  readonly store: KeyStore | { readonly db: DatabaseSync } | { readonly path: string };
+  /** Where KeyChanged and PrekeysLow events go (through the outbox), and where the view of who may see whose keys comes from. */
+  readonly broker: Broker;
+  readonly logger: Logger;
+  /**
+   * Who may see whose keys. Default: a view of connection's `chat.memberships` and `chat.blocks`
+   * followed on `broker`.
+   */
+  readonly relationships?: RelationshipView;
+  readonly settings?: Partial<KeySettings>;
+  /** The clock (tests). */
+  readonly now?: () => Date;
+}
+
+export interface KeyServiceParts {
+  readonly registrations: GrpcServiceRegistration[];
+  /** The use cases, for in-process callers and tests (`deviceStatus` for the edge's revocation check). */
+  readonly keys: KeyDomain;
+  readonly store: KeyStore;
+  /** Stops following the broker, publishes what the outbox holds, then closes the store if it opened it. */
+  stop(): Promise<void>;
+}
+
+function isKeyStore(store: KeyServiceOptions["store"]): store is KeyStore {
+  return "claimPrekeyBundles" in store;
+}
+
+/**
+ * The key service with its embedded adapters: the SQLite store (and its outbox, relayed to the
+ * broker), an in-memory claim rate limiter and the membership view fed from the broker. Both the
+ * embedded mesh and services/key/main.ts start it this way.
+ */
+export async function createKeyService(options: KeyServiceOptions): Promise<KeyServiceParts> {
+  const ownsStore = !isKeyStore(options.store);
+  const store = isKeyStore(options.store) ? options.store : createSqliteKeyStore(options.store);
+  const logger = options.logger.child({ component: "key" });
+  let following: { close(): Promise<void> } | undefined;
+  try {
+    let relationships = options.relationships;
+    if (relationships === undefined) {
+      const view = createMembershipView();
+      following = await followRelationships(options.broker, view, logger);
+      relationships = view;
+    }
+    const relay = startOutboxRelay(store.outbox, options.broker, { logger });
+    const keys = createKeyDomain({
+      store,
+      relationships,
+      limiter: createMemoryRateLimiter(),
+      onChange: () => relay.notify(),
+      ...(options.settings === undefined ? {} : { settings: options.settings }),
+      ...(options.now === undefined ? {} : { now: options.now }),
+    });
+    return {
+      registrations: keyServices(keys),
+      keys,
+      store,
+      async stop() {
+        await following?.close();
+        await relay.stop();
+        if (ownsStore) store.close();
+      },
+    };
+  } catch (err) {
+    await following?.close();
+    if (ownsStore) store.close();
+    throw err;
+  }
 }

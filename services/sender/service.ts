@@ -1,12 +1,81 @@
+import { metrics } from "@opentelemetry/api";
+import { KeyService } from "../../gen/parley/key/v1/key_service_pb.ts";
 import { SenderService } from "../../gen/parley/sender/v1/sender_service_pb.ts";
+import type { Broker } from "../../lib/broker/broker.ts";
+import { closeChannel, createGrpcClient } from "../../lib/grpc/client.ts";
 import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
+import { newMessageId } from "../../lib/ids.ts";
+import type { Logger } from "../../lib/logging.ts";
+import { ConversationView } from "../../lib/views/conversation-view.ts";
+import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
+import { createAcceptedMessagePublisher } from "./adapters/broker/accepted-message-publisher.ts";
+import { createKeyServiceDeviceDirectory } from "./adapters/key-service/device-directory.ts";
+import { createMemoryIdempotencyStore } from "./adapters/memory/idempotency-store.ts";
+import { createTokenBucketRateLimiter } from "./adapters/memory/token-bucket-rate-limiter.ts";
+import type { SenderMetrics } from "./domain/ports.ts";
+import { createSendMessage } from "./domain/send-message.ts";
 import { createSenderHandlers } from "./handlers.ts";
 
 /** Default gRPC port of the sender service in the cluster profile (PARLEY_SENDER_PORT). */
 export const SENDER_DEFAULT_PORT = 7103;
 
-/** The gRPC services the sender process serves, wired to the adapters its main picked. */
-export function senderServices(): GrpcServiceRegistration[] {
-  return [grpcService(SenderService, createSenderHandlers())];
+export interface SenderServiceOptions {
+  readonly broker: Broker;
+  /** host:port of the key service (device lists). */
+  readonly keyAddress: string;
+  readonly logger: Logger;
+  /** Per-device send rate: burst, then this many per second. Defaults 50 and 20. */
+  readonly rateLimit?: { readonly burst: number; readonly perSecond: number };
+}
+
+export interface SenderServiceParts {
+  readonly registrations: GrpcServiceRegistration[];
+  stop(): Promise<void>;
+}
+
+/**
+ * The sender with its in-process adapters (embedded profile): a membership and block view fed
+ * from the broker, device lists from the key service, idempotency keys and rate limits in memory.
+ */
+export async function createSenderService(options: SenderServiceOptions): Promise<SenderServiceParts> {
+  const view = new ConversationView();
+  const feeds = await feedConversationView(options.broker, view, options.logger);
+  const keys = createGrpcClient(KeyService, options.keyAddress);
+  const devices = await createKeyServiceDeviceDirectory({ keys, broker: options.broker });
+  const idempotency = createMemoryIdempotencyStore();
+  const rateLimiter = createTokenBucketRateLimiter(options.rateLimit ?? { burst: 50, perSecond: 20 });
+  const sendMessage = createSendMessage({
+    conversations: view,
+    devices,
+    idempotency,
+    rateLimiter,
+    publisher: createAcceptedMessagePublisher(options.broker),
+    metrics: otelSenderMetrics(),
+    newMessageId,
+  });
+  return {
+    registrations: [grpcService(SenderService, createSenderHandlers(sendMessage))],
+    async stop() {
+      for (const feed of feeds) await feed.close();
+      await devices.close();
+      idempotency.close();
+      rateLimiter.close();
+      closeChannel(keys);
+    },
+  };
+}
+
+function otelSenderMetrics(): SenderMetrics {
+  const meter = metrics.getMeter("parley-sender");
+  const blocked = meter.createCounter("parley_sender_blocked_sender_drops", {
+    description: "Messages refused because a recipient blocks the sender",
+  });
+  const limited = meter.createCounter("parley_sender_rate_limited", {
+    description: "Sends refused by the per-device rate limit",
+  });
+  return {
+    blockedSenderDrop: () => blocked.add(1),
+    rateLimited: () => limited.add(1),
+  };
 }

@@ -1,14 +1,17 @@
 import { mkdirSync } from "node:fs";
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
+import { devIssuerAuthConfig } from "../../edge/config.ts";
 import { startEdge } from "../../edge/server.ts";
+import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
+import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import type { Logger } from "../../lib/logging.ts";
 import type { RunningService } from "../../lib/service-process.ts";
 import { startGrpcService } from "../../lib/service-process.ts";
-import { connectionServices } from "../../services/connection/service.ts";
+import { createConnectionService } from "../../services/connection/service.ts";
 import { deliveryServices } from "../../services/delivery/service.ts";
 import { historyServices } from "../../services/history/service.ts";
-import { keyServices } from "../../services/key/service.ts";
-import { senderServices } from "../../services/sender/service.ts";
+import { createKeyService } from "../../services/key/service.ts";
+import { createSenderService } from "../../services/sender/service.ts";
 
 export interface EmbeddedMeshOptions {
   /** Where the embedded engines keep their data. */
@@ -28,34 +31,58 @@ export interface EmbeddedMesh {
 
 /**
  * The embedded profile: every service and the edge in one process, talking gRPC over loopback
- * exactly as in the cluster profile, with data under `dataDir` instead of external engines.
+ * exactly as in the cluster profile, on the embedded engines under `dataDir`: one SQLite file for
+ * the stores (`parley.db`) and one for the broker (`broker.db`). This is the only place besides
+ * each service's own main that picks adapters.
  */
 export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<EmbeddedMesh> {
-  mkdirSync(resolve(options.dataDir), { recursive: true });
+  const dataDir = resolve(options.dataDir);
+  mkdirSync(dataDir, { recursive: true });
+  const storePath = join(dataDir, "parley.db");
   const started: RunningService[] = [];
   const stopAll = async () => {
     for (const service of started.reverse()) await service.stop();
   };
+  const internal: Record<string, string> = {};
+  const serve = async (name: string, registrations: readonly GrpcServiceRegistration[]) => {
+    const service = await startGrpcService({
+      name,
+      host: "127.0.0.1",
+      port: 0,
+      services: registrations,
+      logger: options.logger.child({ service: name }),
+    });
+    started.push(service);
+    internal[name] = service.address;
+    return service.address;
+  };
+  // Background parts (consumers, relays, views) stop after their server, so in-flight calls finish.
+  const track = (name: string, stop: () => Promise<void>) => started.push({ name, address: "", stop });
+
   try {
-    const internal: Record<string, string> = {};
-    const grpcServices = {
-      connection: connectionServices(),
-      key: keyServices(),
-      sender: senderServices(),
-      history: historyServices(),
-      delivery: deliveryServices(),
-    };
-    for (const [name, services] of Object.entries(grpcServices)) {
-      const service = await startGrpcService({
-        name,
-        host: "127.0.0.1",
-        port: 0,
-        services,
-        logger: options.logger.child({ service: name }),
-      });
-      started.push(service);
-      internal[name] = service.address;
-    }
+    const broker = await createEmbeddedBroker({ path: join(dataDir, "broker.db") });
+    track("broker", () => broker.close());
+
+    const key = await createKeyService({ store: { path: storePath }, broker, logger: options.logger });
+    track("key-parts", () => key.stop());
+    const keyAddress = await serve("key", key.registrations);
+
+    const connection = createConnectionService({
+      store: { path: storePath },
+      broker,
+      logger: options.logger,
+      devices: { keyAddress },
+    });
+    track("connection-parts", () => connection.stop());
+    await serve("connection", connection.registrations);
+
+    const sender = await createSenderService({ broker, keyAddress, logger: options.logger });
+    track("sender-parts", () => sender.stop());
+    await serve("sender", sender.registrations);
+
+    await serve("history", historyServices());
+    await serve("delivery", deliveryServices());
+
     const edge = await startEdge(
       {
         host: options.edgeHost,
@@ -64,10 +91,11 @@ export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<E
         hostId: undefined,
         logLevel: "info",
         connectionAddress: internal.connection ?? "",
-        keyAddress: internal.key ?? "",
+        keyAddress,
         senderAddress: internal.sender ?? "",
         historyAddress: internal.history ?? "",
         deliveryAddress: internal.delivery ?? "",
+        ...devIssuerAuthConfig(dataDir),
       },
       options.logger.child({ service: "edge" }),
     );

@@ -2,6 +2,7 @@
 import { enumVar, loadConfig, portVar, stringVar } from "../../lib/config.ts";
 import { LOG_LEVELS } from "../../lib/logging.ts";
 import { runProcess } from "../../lib/service-process.ts";
+import { mintDevToken } from "../token/dev-token.ts";
 import { startEmbeddedMesh } from "./embedded-mesh.ts";
 
 const configSpec = {
@@ -19,6 +20,13 @@ await runProcess("parley", async (logger) => {
   process.stdout.write(`  edge: ${mesh.edgeUrl}\n`);
   for (const [name, address] of Object.entries(mesh.internal))
     process.stdout.write(`  ${name}: ${address} (gRPC)\n`);
-  process.stdout.write("\n");
+  const dev = await mintDevToken({
+    dataDir: config.dataDir,
+    userId: "dev",
+    deviceId: "dev",
+    ttlMs: 86_400_000,
+  });
+  process.stdout.write(`\n  dev token (user dev, device dev, 24 h): ${dev.token}\n`);
+  process.stdout.write("  another one: npm run -s token -- <user> <device>\n\n");
   return [{ name: "mesh", address: mesh.edgeUrl, stop: mesh.stop }];
 });

@@ -1,0 +1,92 @@
+/** One conversation as a service's local view holds it (from MembershipChanged events). */
+export interface ConversationMembership {
+  readonly conversationId: string;
+  readonly kind: "direct" | "group";
+  /** Membership version the view holds (events with a lower or equal version are ignored). */
+  readonly version: bigint;
+  readonly memberUserIds: readonly string[];
+  /** A deleted conversation keeps its last members, so a refusal can say why. */
+  readonly deleted: boolean;
+}
+
+/**
+ * A local view of memberships and blocks, kept from the broker's compacted topics, so that the
+ * hot paths (sending, member-only reads, routing typing and presence) never call the connection
+ * service.
+ */
+export interface ConversationDirectory {
+  conversation(conversationId: string): ConversationMembership | undefined;
+  /** Whether `blocker` blocks `blocked`. */
+  blocks(blocker: string, blocked: string): boolean;
+}
+
+/** A membership change as the view applies it (decoded from a MembershipChanged event). */
+export interface MembershipUpdate {
+  readonly conversationId: string;
+  readonly kind: "direct" | "group";
+  readonly version: bigint;
+  readonly memberUserIds: readonly string[];
+  readonly deleted: boolean;
+}
+
+/** A block change as the view applies it (decoded from a BlockChanged event). */
+export interface BlockUpdate {
+  readonly blocker: string;
+  readonly blocked: string;
+  readonly isBlocked: boolean;
+  readonly version: bigint;
+}
+
+/**
+ * An in-memory ConversationDirectory, rebuilt at start from the compacted
+ * membership and block topics and kept current from them. Events may arrive twice or out of order
+ * after a redelivery: versions decide, so applying an event is idempotent.
+ */
+export class ConversationView implements ConversationDirectory {
+  readonly #conversations = new Map<string, ConversationMembership>();
+  readonly #blocks = new Map<string, { blocked: boolean; version: bigint }>();
+
+  applyMembership(update: MembershipUpdate): void {
+    const current = this.#conversations.get(update.conversationId);
+    if (current !== undefined && current.version >= update.version) return;
+    this.#conversations.set(update.conversationId, {
+      conversationId: update.conversationId,
+      kind: update.kind,
+      version: update.version,
+      // A deletion carries no members; keep the last known ones so a refusal can name its cause.
+      memberUserIds:
+        update.deleted && current !== undefined ? current.memberUserIds : [...update.memberUserIds],
+      deleted: update.deleted,
+    });
+  }
+
+  /** A tombstone (empty payload) on the compacted topic: the conversation is gone for good. */
+  forgetConversation(conversationId: string): void {
+    const current = this.#conversations.get(conversationId);
+    if (current !== undefined) this.#conversations.set(conversationId, { ...current, deleted: true });
+  }
+
+  applyBlock(update: BlockUpdate): void {
+    const key = blockKey(update.blocker, update.blocked);
+    const current = this.#blocks.get(key);
+    if (current !== undefined && current.version >= update.version) return;
+    this.#blocks.set(key, { blocked: update.isBlocked, version: update.version });
+  }
+
+  /** A tombstone on the block topic: the pair is not blocked. */
+  forgetBlock(blocker: string, blocked: string): void {
+    this.#blocks.delete(blockKey(blocker, blocked));
+  }
+
+  conversation(conversationId: string): ConversationMembership | undefined {
+    return this.#conversations.get(conversationId);
+  }
+
+  blocks(blocker: string, blocked: string): boolean {
+    return this.#blocks.get(blockKey(blocker, blocked))?.blocked ?? false;
+  }
+}
+
+function blockKey(blocker: string, blocked: string): string {
+  return `${blocker}/${blocked}`;
+}

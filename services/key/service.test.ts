@@ -1,0 +1,267 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { v7 as uuidv7 } from "uuid";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import {
+  ConversationKind,
+  MembershipChangedSchema,
+} from "../../gen/parley/events/v1/connection_events_pb.ts";
+import type { KeyChanged } from "../../gen/parley/events/v1/key_events_pb.ts";
+import { KeyChangedSchema, KeyChangeKind } from "../../gen/parley/events/v1/key_events_pb.ts";
+import { KeyService } from "../../gen/parley/key/v1/key_service_pb.ts";
+import type { Subscription } from "../../lib/broker/broker.ts";
+import { Topics } from "../../lib/broker/broker.ts";
+import type { EmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
+import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
+import type { GrpcServiceClient } from "../../lib/grpc/client.ts";
+import { closeChannel, createGrpcClient } from "../../lib/grpc/client.ts";
+import { fromGrpcError } from "../../lib/grpc/grpc-error.ts";
+import type { GrpcServer } from "../../lib/grpc/server.ts";
+import { createGrpcServer } from "../../lib/grpc/server.ts";
+import { createLogger } from "../../lib/logging.ts";
+import { xeddsaVerify } from "./domain/xeddsa.ts";
+import type { KeyServiceParts } from "./service.ts";
+import { createKeyService } from "./service.ts";
+import { deviceKeys, generateKeyPair, oneTimePrekeys, signedPrekey } from "./test-support.ts";
+
+const logger = createLogger("key-test", "silent");
+/** gRPC decodes bytes into Node Buffers; compare them as plain Uint8Arrays. */
+const bytes = (value: Uint8Array | undefined) => new Uint8Array(value ?? []);
+
+async function expectGrpcError(promise: Promise<unknown>, code: string, reason: string) {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeDefined();
+  const parley = fromGrpcError(err);
+  expect({ code: parley.code, reason: parley.reason }).toEqual({ code, reason });
+  return parley;
+}
+
+describe("key service over gRPC", () => {
+  let broker: EmbeddedBroker;
+  let key: KeyServiceParts;
+  let server: GrpcServer;
+  let client: GrpcServiceClient<typeof KeyService>;
+  let keyEvents: KeyChanged[];
+  let following: Subscription;
+
+  beforeEach(async () => {
+    broker = await createEmbeddedBroker({ path: ":memory:", logger });
+    keyEvents = [];
+    following = await broker.follow(Topics.keys, {}, (m) => {
+      keyEvents.push(fromBinary(KeyChangedSchema, m.payload));
+    });
+    key = await createKeyService({ store: { path: ":memory:" }, broker, logger });
+    server = createGrpcServer({ name: "key", services: key.registrations, logger });
+    const port = await server.listen("127.0.0.1", 0);
+    client = createGrpcClient(KeyService, `127.0.0.1:${port}`);
+  });
+
+  afterEach(async () => {
+    closeChannel(client);
+    await server.shutdown();
+    await key.stop();
+    await following.close();
+    await broker.close();
+  });
+
+  const register = (userId: string, deviceId: string, keys = deviceKeys()) =>
+    client.registerDevice({
+      device: { userId, deviceId },
+      displayName: `${userId}'s ${deviceId}`,
+      identityKey: keys.identityKey,
+      signedPrekey: keys.signedPrekey,
+      lastResortPrekey: keys.lastResortPrekey,
+      oneTimePrekeys: keys.oneTimePrekeys,
+    });
+
+  it("registers devices and publishes KeyChanged through the outbox relay", async () => {
+    const keys = deviceKeys();
+    const response = await register("alice", "phone", keys);
+    expect(response.oneTimePrekeyCount).toBe(10);
+    expect(response.device?.deviceId).toBe("phone");
+    expect(response.device?.displayName).toBe("alice's phone");
+    expect(bytes(response.device?.identity?.identityKey)).toEqual(keys.identityKey);
+    expect(bytes(response.device?.identity?.previousIdentityKey)).toEqual(new Uint8Array(0));
+
+    await vi.waitFor(() => expect(keyEvents).toHaveLength(1));
+    expect(keyEvents[0]).toMatchObject({
+      kind: KeyChangeKind.DEVICE_ADDED,
+      device: { userId: "alice", deviceId: "phone" },
+      keyVersion: 1n,
+    });
+    expect(bytes(keyEvents[0]?.identityKey)).toEqual(keys.identityKey);
+
+    const listed = await client.listDevices({ userId: "alice" });
+    expect(listed.devices.map((d) => d.deviceId)).toEqual(["phone"]);
+    expect(listed.nextPageToken).toBe("");
+  });
+
+  it("maps domain refusals to status codes with ErrorInfo reasons", async () => {
+    const keys = deviceKeys();
+    await expectGrpcError(
+      client.registerDevice({
+        device: { userId: "alice", deviceId: "phone" },
+        identityKey: keys.identityKey,
+        signedPrekey: signedPrekey(generateKeyPair(), 1),
+        lastResortPrekey: keys.lastResortPrekey,
+      }),
+      "invalid_argument",
+      "INVALID_SIGNATURE",
+    );
+    // Protovalidate runs first: a 32-byte identity key never reaches the domain.
+    await expectGrpcError(
+      client.registerDevice({
+        device: { userId: "alice", deviceId: "phone" },
+        identityKey: keys.identityKey.subarray(1),
+        signedPrekey: keys.signedPrekey,
+        lastResortPrekey: keys.lastResortPrekey,
+      }),
+      "invalid_argument",
+      "VALIDATION_FAILED",
+    );
+    for (let i = 1; i <= 5; i++) await register("alice", `d${i}`);
+    await expectGrpcError(register("alice", "d6"), "failed_precondition", "DEVICE_LIMIT_REACHED");
+    await expectGrpcError(register("alice", "d1"), "already_exists", "DEVICE_ALREADY_REGISTERED");
+    await expectGrpcError(
+      client.uploadOneTimePrekeys({
+        device: { userId: "alice", deviceId: "d1" },
+        oneTimePrekeys: oneTimePrekeys(1, 1),
+      }),
+      "already_exists",
+      "PREKEY_ID_IN_USE",
+    );
+    await expectGrpcError(
+      client.getPrekeyCount({ device: { userId: "alice", deviceId: "nope" } }),
+      "not_found",
+      "DEVICE_NOT_FOUND",
+    );
+    await expectGrpcError(
+      client.getPrekeyBundles({ device: { userId: "bob", deviceId: "phone" }, targetUserId: "alice" }),
+      "not_found",
+      "USER_NOT_FOUND",
+    );
+    await expectGrpcError(
+      client.listDevices({ userId: "alice", pageToken: "garbage" }),
+      "invalid_argument",
+      "INVALID_PAGE_TOKEN",
+    );
+
+    const removed = await client.removeDevice({ userId: "alice", deviceId: "d1" });
+    expect(removed.removedAt).toBeDefined();
+    await expectGrpcError(
+      client.removeDevice({ userId: "alice", deviceId: "d1" }),
+      "not_found",
+      "DEVICE_NOT_FOUND",
+    );
+    expect(await key.keys.deviceStatus({ userId: "alice", deviceId: "d1" })).toMatchObject({
+      state: "removed",
+    });
+  });
+
+  it("lets connections claim bundles once membership arrives on the broker", async () => {
+    const keys = deviceKeys({ oneTimePrekeys: 1 });
+    await register("alice", "phone", keys);
+    const claim = () =>
+      client.getPrekeyBundles({ device: { userId: "bob", deviceId: "phone" }, targetUserId: "alice" });
+    await expectGrpcError(claim(), "not_found", "USER_NOT_FOUND");
+
+    await broker.publish(Topics.memberships, {
+      key: "c1",
+      payload: toBinary(
+        MembershipChangedSchema,
+        create(MembershipChangedSchema, {
+          eventId: uuidv7(),
+          conversationId: uuidv7(),
+          kind: ConversationKind.DIRECT,
+          version: 1n,
+          members: [{ userId: "alice" }, { userId: "bob" }],
+        }),
+      ),
+    });
+    await vi.waitFor(async () => {
+      const users = await client.getIdentityKeys({ userId: "bob", targetUserIds: ["alice"] });
+      expect(users.users[0]?.devices).toHaveLength(1);
+    });
+
+    const first = await claim();
+    expect(first.bundles).toHaveLength(1);
+    const [bundle] = first.bundles;
+    expect(bundle?.prekey.case).toBe("oneTimePrekey");
+    expect(bundle?.prekey.value?.keyId).toBe(keys.oneTimePrekeys[0]?.keyId);
+    expect(
+      xeddsaVerify(
+        bytes(bundle?.identityKey),
+        bytes(bundle?.signedPrekey?.publicKey),
+        bytes(bundle?.signedPrekey?.signature),
+      ),
+    ).toBe(true);
+    expect(bytes(bundle?.signedPrekey?.signature)).toEqual(keys.signedPrekey.signature);
+    const second = await claim();
+    expect(second.bundles[0]?.prekey.case).toBe("lastResortPrekey");
+    expect(second.bundles[0]?.prekey.value?.keyId).toBe(keys.lastResortPrekey.keyId);
+
+    const count = await client.getPrekeyCount({ device: { userId: "alice", deviceId: "phone" } });
+    expect(count).toMatchObject({
+      oneTimePrekeyCount: 0,
+      lowWatermark: 10,
+      maxOneTimePrekeys: 1000,
+      lastResortPrekeyUsed: true,
+      signedPrekeyId: keys.signedPrekey.keyId,
+    });
+  });
+
+  it("rotates keys and reports the previous identity key with its grace period", async () => {
+    const keys = deviceKeys();
+    await register("alice", "phone", keys);
+    const next = deviceKeys({ oneTimePrekeys: 3, firstOneTimeId: 700 });
+    const rotated = await client.rotateIdentityKey({
+      device: { userId: "alice", deviceId: "phone" },
+      identityKey: next.identityKey,
+      signedPrekey: next.signedPrekey,
+      lastResortPrekey: next.lastResortPrekey,
+      oneTimePrekeys: next.oneTimePrekeys,
+      gracePeriod: { seconds: 3600n },
+    });
+    expect(rotated.oneTimePrekeyCount).toBe(3);
+    const effective = Number(rotated.effectiveAt?.seconds ?? 0n);
+    expect(Number(rotated.previousValidUntil?.seconds ?? 0n) - effective).toBe(3600);
+
+    const [alice] = (await client.getIdentityKeys({ userId: "alice", targetUserIds: ["alice"] })).users;
+    expect(bytes(alice?.devices[0]?.identityKey)).toEqual(next.identityKey);
+    expect(bytes(alice?.devices[0]?.previousIdentityKey)).toEqual(keys.identityKey);
+    expect(alice?.devices[0]?.previousIdentityKeyValidUntil).toEqual(rotated.previousValidUntil);
+
+    await expectGrpcError(
+      client.rotateSignedPrekey({
+        device: { userId: "alice", deviceId: "phone" },
+        signedPrekey: signedPrekey(keys.identity, 5),
+      }),
+      "invalid_argument",
+      "INVALID_SIGNATURE",
+    );
+    const spk = await client.rotateSignedPrekey({
+      device: { userId: "alice", deviceId: "phone" },
+      signedPrekey: signedPrekey(next.identity, 5),
+      lastResortPrekey: signedPrekey(next.identity, 900_000),
+    });
+    expect(spk).toMatchObject({ previousSignedPrekeyId: 1, previousLastResortPrekeyId: 100_000 });
+    await expectGrpcError(
+      client.rotateSignedPrekey({
+        device: { userId: "alice", deviceId: "phone" },
+        signedPrekey: signedPrekey(next.identity, 5),
+      }),
+      "already_exists",
+      "PREKEY_ID_IN_USE",
+    );
+    await vi.waitFor(() =>
+      expect(keyEvents.map((e) => e.kind)).toEqual([
+        KeyChangeKind.DEVICE_ADDED,
+        KeyChangeKind.IDENTITY_ROTATED,
+        KeyChangeKind.SIGNED_PREKEY_ROTATED,
+      ]),
+    );
+    expect(keyEvents.map((e) => e.keyVersion)).toEqual([1n, 2n, 3n]);
+  });
+});

@@ -1,0 +1,67 @@
+/** The ports the sender's domain needs; adapters in ../adapters implement them. */
+import type { Envelope } from "../../../gen/parley/common/v1/envelope_pb.ts";
+
+export type { ConversationDirectory, ConversationMembership } from "../../../lib/views/conversation-view.ts";
+
+/** The active devices of users, from the key service (cached: sending is the hot path). */
+export interface DeviceDirectory {
+  /** Device ids by user id; users without devices map to an empty list. */
+  activeDevices(
+    askingUserId: string,
+    userIds: readonly string[],
+  ): Promise<ReadonlyMap<string, readonly string[]>>;
+}
+
+/** What the sender remembers of an accepted message, by the sender's idempotency key. */
+export interface AcceptedRecord {
+  readonly messageId: string;
+  /** SHA-256 of the request's content (conversation and envelope), to tell a retry from a reuse. */
+  readonly contentDigest: string;
+  readonly acceptedAt: Date;
+}
+
+/**
+ * Idempotency keys (Redis in the cluster, in-process in the embedded profile). Losing them is
+ * tolerated: history also deduplicates by the idempotency key, so a lost key costs at worst a
+ * message that clients hide by id, never a lost message.
+ */
+export interface IdempotencyStore {
+  get(key: string): Promise<AcceptedRecord | undefined>;
+  put(key: string, record: AcceptedRecord): Promise<void>;
+}
+
+/** Per-device send rate limit. */
+export interface RateLimiter {
+  /** Takes one token; `allowed: false` carries how long until one is available. */
+  take(
+    key: string,
+  ): Promise<{ readonly allowed: true } | { readonly allowed: false; readonly retryAfterMs: number }>;
+}
+
+/** An accepted message on its way to history: resolves once the broker holds it durably. */
+export interface AcceptedMessagePublisher {
+  publish(message: AcceptedMessage): Promise<void>;
+}
+
+export interface DeviceRef {
+  readonly userId: string;
+  readonly deviceId: string;
+}
+
+export interface AcceptedMessage {
+  readonly messageId: string;
+  readonly conversationId: string;
+  readonly sender: DeviceRef;
+  readonly clientMessageId: string;
+  readonly envelope: Envelope;
+  readonly acceptedAt: Date;
+  readonly recipientDevices: readonly DeviceRef[];
+  readonly membershipVersion: bigint;
+  readonly forceTrace: boolean;
+}
+
+/** Counts what SREs watch on the sender (metrics adapter in the process's main). */
+export interface SenderMetrics {
+  blockedSenderDrop(): void;
+  rateLimited(): void;
+}

@@ -1,0 +1,232 @@
+import { create } from "@bufbuild/protobuf";
+import { beforeEach, describe, expect, it } from "vitest";
+import type { Envelope } from "../../../gen/parley/common/v1/envelope_pb.ts";
+import { ContentKind, EnvelopeSchema } from "../../../gen/parley/common/v1/envelope_pb.ts";
+import { ParleyError } from "../../../lib/errors.ts";
+import { ConversationView } from "../../../lib/views/conversation-view.ts";
+import { createMemoryIdempotencyStore } from "../adapters/memory/idempotency-store.ts";
+import { createTokenBucketRateLimiter } from "../adapters/memory/token-bucket-rate-limiter.ts";
+import type { AcceptedMessage, DeviceDirectory } from "./ports.ts";
+import type { SendCommand } from "./send-message.ts";
+import { createSendMessage } from "./send-message.ts";
+
+const direct = "00000000-0000-5000-8000-000000000001";
+const group = "00000000-0000-7000-8000-000000000002";
+
+// The device lists the key service would answer (the domain only sees the port).
+const devicesOf: Record<string, string[]> = { alice: ["phone", "laptop"], bob: ["phone"], carol: ["tablet"] };
+const deviceDirectory: DeviceDirectory = {
+  async activeDevices(_asking, users) {
+    return new Map(users.map((u) => [u, devicesOf[u] ?? []]));
+  },
+};
+
+function sharedEnvelope(text = "hello"): Envelope {
+  return create(EnvelopeSchema, {
+    kind: ContentKind.TEXT,
+    payload: { case: "shared", value: { ciphertext: new TextEncoder().encode(text) } },
+  });
+}
+
+function pairwise(devices: Record<string, string[]>, kind: number = ContentKind.TEXT): Envelope {
+  return create(EnvelopeSchema, {
+    kind: kind as Envelope["kind"],
+    payload: {
+      case: "perDevice",
+      value: {
+        recipients: Object.entries(devices).map(([userId, ids]) => ({
+          userId,
+          devices: ids.map((deviceId) => ({ deviceId, ciphertext: new Uint8Array([1, 2, 3]) })),
+        })),
+      },
+    },
+  });
+}
+
+let view: ConversationView;
+let published: AcceptedMessage[];
+let blockedDrops: number;
+let ids: number;
+let send: ReturnType<typeof createSendMessage>;
+
+beforeEach(() => {
+  view = new ConversationView();
+  view.applyMembership({
+    conversationId: direct,
+    kind: "direct",
+    version: 1n,
+    memberUserIds: ["alice", "bob"],
+    deleted: false,
+  });
+  view.applyMembership({
+    conversationId: group,
+    kind: "group",
+    version: 3n,
+    memberUserIds: ["alice", "bob", "carol"],
+    deleted: false,
+  });
+  published = [];
+  blockedDrops = 0;
+  ids = 0;
+  send = createSendMessage({
+    conversations: view,
+    devices: deviceDirectory,
+    idempotency: createMemoryIdempotencyStore(),
+    rateLimiter: createTokenBucketRateLimiter({ burst: 5, perSecond: 1, now: () => 0 }),
+    publisher: {
+      async publish(message) {
+        published.push(message);
+      },
+    },
+    metrics: { blockedSenderDrop: () => blockedDrops++, rateLimited: () => {} },
+    newMessageId: () => `m-${++ids}`,
+    now: () => new Date(1_000),
+  });
+});
+
+function command(overrides: Partial<SendCommand> = {}): SendCommand {
+  return {
+    sender: { userId: "alice", deviceId: "phone" },
+    conversationId: group,
+    clientMessageId: "c1",
+    envelope: sharedEnvelope(),
+    forceTrace: false,
+    ...overrides,
+  };
+}
+
+async function refusal(promise: Promise<unknown>): Promise<ParleyError> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ParleyError);
+  return err as ParleyError;
+}
+
+describe("sending", () => {
+  it("addresses every device of every member except the sending device, with the membership version", async () => {
+    const outcome = await send(command());
+    expect(outcome).toEqual({ messageId: "m-1", acceptedAt: new Date(1_000), duplicate: false });
+    expect(published).toHaveLength(1);
+    const devices = published[0]?.recipientDevices.map((d) => `${d.userId}/${d.deviceId}`).sort();
+    expect(devices).toEqual(["alice/laptop", "bob/phone", "carol/tablet"]);
+    expect(published[0]?.membershipVersion).toBe(3n);
+  });
+
+  it("answers a retry with the original id and publishes once", async () => {
+    const first = await send(command());
+    const again = await send(command());
+    expect(again).toEqual({ ...first, duplicate: true });
+    expect(published).toHaveLength(1);
+  });
+
+  it("publishes once when two retries race", async () => {
+    const [a, b] = await Promise.all([send(command()), send(command())]);
+    expect(a.messageId).toBe(b.messageId);
+    expect(published).toHaveLength(1);
+  });
+
+  it("refuses the same client_message_id with different content", async () => {
+    await send(command());
+    const err = await refusal(send(command({ envelope: sharedEnvelope("other") })));
+    expect([err.code, err.reason]).toEqual(["already_exists", "CLIENT_MESSAGE_ID_REUSED"]);
+    expect(err.metadata.messageId).toBe("m-1");
+  });
+
+  it("refuses a conversation the sender is not in as not found", async () => {
+    const err = await refusal(send(command({ sender: { userId: "dave", deviceId: "d" } })));
+    expect([err.code, err.reason]).toEqual(["not_found", "CONVERSATION_NOT_FOUND"]);
+    const unknown = await refusal(send(command({ conversationId: "00000000-0000-7000-8000-00000000ffff" })));
+    expect(unknown.code).toBe("not_found");
+    expect(published).toHaveLength(0);
+  });
+
+  it("refuses a 1:1 message to a user who blocks the sender, and counts it", async () => {
+    view.applyBlock({ blocker: "bob", blocked: "alice", isBlocked: true, version: 1n });
+    const err = await refusal(
+      send(command({ conversationId: direct, envelope: pairwise({ bob: ["phone"], alice: ["laptop"] }) })),
+    );
+    expect([err.code, err.reason]).toEqual(["permission_denied", "RECIPIENT_REFUSES"]);
+    expect(blockedDrops).toBe(1);
+    expect(published).toHaveLength(0);
+  });
+
+  it("still refuses after the block deleted the conversation, and accepts again after unblock", async () => {
+    view.applyBlock({ blocker: "bob", blocked: "alice", isBlocked: true, version: 1n });
+    view.applyMembership({
+      conversationId: direct,
+      kind: "direct",
+      version: 2n,
+      memberUserIds: [],
+      deleted: true,
+    });
+    expect((await refusal(send(command({ conversationId: direct })))).code).toBe("permission_denied");
+    view.applyBlock({ blocker: "bob", blocked: "alice", isBlocked: false, version: 2n });
+    expect((await refusal(send(command({ conversationId: direct, clientMessageId: "c2" })))).code).toBe(
+      "not_found",
+    );
+  });
+
+  it("leaves out the devices of group members who block the sender", async () => {
+    view.applyBlock({ blocker: "carol", blocked: "alice", isBlocked: true, version: 1n });
+    await send(command());
+    expect(published[0]?.recipientDevices.map((d) => d.userId).sort()).toEqual(["alice", "bob"]);
+  });
+
+  it("ignores stale membership events", async () => {
+    view.applyMembership({
+      conversationId: group,
+      kind: "group",
+      version: 2n,
+      memberUserIds: ["bob"],
+      deleted: false,
+    });
+    await send(command());
+    expect(published[0]?.membershipVersion).toBe(3n);
+  });
+
+  it("refuses pairwise payloads that miss a device or address a stale one, listing them", async () => {
+    const missing = await refusal(
+      send(command({ conversationId: direct, envelope: pairwise({ bob: ["phone"] }) })),
+    );
+    expect([missing.code, missing.reason]).toEqual(["failed_precondition", "DEVICE_LIST_MISMATCH"]);
+    expect(missing.metadata.missingDevices).toBe("alice/laptop");
+    const stale = await refusal(
+      send(
+        command({
+          conversationId: direct,
+          clientMessageId: "c2",
+          envelope: pairwise({ bob: ["phone", "old"], alice: ["laptop"] }),
+        }),
+      ),
+    );
+    expect(stale.metadata.staleDevices).toBe("bob/old");
+    expect(published).toHaveLength(0);
+  });
+
+  it("lets a sender key distribution address a subset of devices", async () => {
+    await send(command({ envelope: pairwise({ carol: ["tablet"] }, ContentKind.SENDER_KEY_DISTRIBUTION) }));
+    expect(published[0]?.recipientDevices).toEqual([{ userId: "carol", deviceId: "tablet" }]);
+  });
+
+  it("refuses a pairwise payload for a non-member", async () => {
+    const err = await refusal(
+      send(
+        command({
+          conversationId: direct,
+          envelope: pairwise({ bob: ["phone"], carol: ["tablet"], alice: ["laptop"] }),
+        }),
+      ),
+    );
+    expect(err.reason).toBe("RECIPIENT_NOT_MEMBER");
+  });
+
+  it("rate-limits each device and says when to retry", async () => {
+    for (let i = 0; i < 5; i++) await send(command({ clientMessageId: `r${i}` }));
+    const err = await refusal(send(command({ clientMessageId: "r5" })));
+    expect([err.code, err.reason]).toEqual(["resource_exhausted", "RATE_LIMITED"]);
+    expect(err.retryDelayMs).toBe(1000);
+    await send(command({ sender: { userId: "alice", deviceId: "laptop" }, clientMessageId: "other-device" }));
+  });
+});
