@@ -519,6 +519,27 @@ export function describeBrokerContract(
       expect(seen.slice(3).map((m) => `${m.key}=${text(m)}`)).toEqual(["x=x3", "z=", "y=y-live"]);
     });
 
+    it("follow: caughtUp resolves only once every retained message was handled", async () => {
+      const broker = await open();
+      for (const compacted of [false, true]) {
+        const topic = topicName(compacted ? "caught-up-compacted" : "caught-up");
+        for (let i = 0; i < 50; i++)
+          await broker.publish(topic, { key: `k${i % 20}`, payload: bytes(`m${i}`) });
+        const seen: string[] = [];
+        const follower = await broker.follow(topic, { compacted }, async (m) => {
+          await randomDelay(1);
+          seen.push(text(m));
+        });
+        await follower.caughtUp;
+        expect(seen.length).toBe(compacted ? 20 : 50);
+        expect(seen.at(-1)).toBe("m49");
+        await follower.close();
+      }
+      const empty = await broker.follow(topicName("caught-up-empty"), {}, () => {});
+      await empty.caughtUp;
+      await empty.close();
+    });
+
     it("ephemeral messages reach current followers only, never subscriptions or later followers", async () => {
       const broker = await open();
       const topic = topicName("ephemeral");

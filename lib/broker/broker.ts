@@ -97,6 +97,16 @@ export interface Subscription {
   close(): Promise<void>;
 }
 
+/** A follower: also says when it has read everything that was retained when it started. */
+export interface FollowSubscription extends Subscription {
+  /**
+   * Resolves once the handler has seen every message retained when `follow` was called (for a
+   * compacted topic, the latest of every key): a local view built from the topic is complete, and
+   * a service may report SERVING. Also resolves when the follower is closed.
+   */
+  readonly caughtUp: Promise<void>;
+}
+
 export interface FollowOptions {
   /**
    * For compacted control topics: first replay the latest message of every key (older ones with
@@ -130,7 +140,7 @@ export interface Broker {
     topic: string,
     options: FollowOptions,
     handler: (message: BrokerMessage) => void | Promise<void>,
-  ): Promise<Subscription>;
+  ): Promise<FollowSubscription>;
   /**
    * Stops deliveries, waits for running handlers (they may still publish meanwhile), stores their
    * acknowledgements, then releases the broker; publishing afterwards fails.

@@ -6,6 +6,7 @@ import type {
   Broker,
   BrokerMessage,
   FollowOptions,
+  FollowSubscription,
   MessageHandler,
   OutgoingBrokerMessage,
   SubscribeOptions,
@@ -583,6 +584,11 @@ class Follower {
   private closed = false;
   private wakeUp: (() => void) | undefined;
   private loop: Promise<void> | undefined;
+  private markDrained: () => void = () => {};
+  /** Resolves once everything retained when the follower started has been handled. */
+  readonly drained = new Promise<void>((resolve) => {
+    this.markDrained = resolve;
+  });
 
   constructor(
     broker: EmbeddedBrokerImpl,
@@ -657,6 +663,7 @@ class Follower {
         this.head = 0;
         if (!this.caughtUp) this.fill();
         if (this.queued === 0) {
+          if (this.caughtUp) this.markDrained();
           await new Promise<void>((resolve) => {
             this.wakeUp = resolve;
           });
@@ -679,6 +686,7 @@ class Follower {
     this.closed = true;
     this.wake();
     await this.loop;
+    this.markDrained();
   }
 }
 
@@ -1026,7 +1034,7 @@ class EmbeddedBrokerImpl implements EmbeddedBroker {
     topic: string,
     options: FollowOptions,
     handler: (message: BrokerMessage) => void | Promise<void>,
-  ): Promise<Subscription> {
+  ): Promise<FollowSubscription> {
     if (this.closing !== undefined) throw new Error("the broker is closed");
     checkTopic(topic);
     const follower = new Follower(this, topic, handler);
@@ -1041,6 +1049,7 @@ class EmbeddedBrokerImpl implements EmbeddedBroker {
     const topicFollowers = followers;
     let closed: Promise<void> | undefined;
     return {
+      caughtUp: follower.drained,
       close: () => {
         closed ??= (async () => {
           await follower.close();

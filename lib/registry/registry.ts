@@ -36,7 +36,12 @@ export type RegistryEvent =
   | { readonly kind: "host_put"; readonly host: EdgeHost }
   | { readonly kind: "host_removed"; readonly hostId: string }
   | { readonly kind: "route_put"; readonly route: DeviceRoute }
-  | { readonly kind: "route_removed"; readonly userId: string; readonly deviceId: string; readonly revision: bigint };
+  | {
+      readonly kind: "route_removed";
+      readonly userId: string;
+      readonly deviceId: string;
+      readonly revision: bigint;
+    };
 
 /** A live registration of one edge host; its device routes live and die with it. */
 export interface HostLease {

@@ -11,7 +11,8 @@ import type { ConversationView } from "./conversation-view.ts";
 
 /**
  * Keeps a conversation view current from the compacted membership and block topics:
- * first the latest event of every conversation and pair, then every new one. An event the view
+ * first the latest event of every conversation and pair, then every new one. Resolves once the
+ * view holds everything the topics retained. An event the view
  * cannot decode is logged and skipped: one bad event must not stop the service for everyone.
  */
 export async function feedConversationView(
@@ -55,5 +56,7 @@ export async function feedConversationView(
       logger.error({ err, topic: message.topic, id: message.id }, "undecodable block event skipped");
     }
   });
+  // A view missing conversations would refuse legitimate sends: serve only once it is complete.
+  await Promise.all([memberships.caughtUp, blocks.caughtUp]);
   return [memberships, blocks];
 }

@@ -96,7 +96,8 @@ export function createMembershipView(): MembershipView {
 
 /**
  * Feeds a MembershipView from `chat.memberships` and `chat.blocks` (compacted: the latest event of
- * every key first, then live). A message that cannot be decoded is logged and skipped.
+ * every key first, then live); resolves once the view is complete. A message that cannot be
+ * decoded is logged and skipped.
  */
 export async function followRelationships(
   broker: Broker,
@@ -130,6 +131,8 @@ export async function followRelationships(
       }
     }),
   );
+  // Until the view is complete, key fetches between real contacts would be refused as unknown users.
+  await Promise.all([memberships.caughtUp, blocks.caughtUp]);
   return {
     async close() {
       await memberships.close();
