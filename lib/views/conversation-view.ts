@@ -18,6 +18,12 @@ export interface ConversationDirectory {
   conversation(conversationId: string): ConversationMembership | undefined;
   /** Whether `blocker` blocks `blocked`. */
   blocks(blocker: string, blocked: string): boolean;
+  /** The live (not deleted) conversations `userId` is a member of. */
+  conversationsOf(userId: string): readonly ConversationMembership[];
+  /** Whether two users are members of one live conversation (accepted contacts share a direct one). */
+  shareConversation(a: string, b: string): boolean;
+  /** The user's accepted contacts: the other members of their live direct conversations. */
+  contactsOf(userId: string): readonly string[];
 }
 
 /** A membership change as the view applies it (decoded from a MembershipChanged event). */
@@ -45,11 +51,13 @@ export interface BlockUpdate {
 export class ConversationView implements ConversationDirectory {
   readonly #conversations = new Map<string, ConversationMembership>();
   readonly #blocks = new Map<string, { blocked: boolean; version: bigint }>();
+  /** user -> ids of the live conversations they are in (the reverse index for contacts and sharing). */
+  readonly #liveByUser = new Map<string, Set<string>>();
 
   applyMembership(update: MembershipUpdate): void {
     const current = this.#conversations.get(update.conversationId);
     if (current !== undefined && current.version >= update.version) return;
-    this.#conversations.set(update.conversationId, {
+    this.#store({
       conversationId: update.conversationId,
       kind: update.kind,
       version: update.version,
@@ -63,7 +71,56 @@ export class ConversationView implements ConversationDirectory {
   /** A tombstone (empty payload) on the compacted topic: the conversation is gone for good. */
   forgetConversation(conversationId: string): void {
     const current = this.#conversations.get(conversationId);
-    if (current !== undefined) this.#conversations.set(conversationId, { ...current, deleted: true });
+    if (current !== undefined) this.#store({ ...current, deleted: true });
+  }
+
+  #store(next: ConversationMembership): void {
+    const previous = this.#conversations.get(next.conversationId);
+    if (previous !== undefined && !previous.deleted) {
+      for (const user of previous.memberUserIds) {
+        const ids = this.#liveByUser.get(user);
+        ids?.delete(next.conversationId);
+        if (ids?.size === 0) this.#liveByUser.delete(user);
+      }
+    }
+    if (!next.deleted) {
+      for (const user of next.memberUserIds) {
+        let ids = this.#liveByUser.get(user);
+        if (ids === undefined) {
+          ids = new Set();
+          this.#liveByUser.set(user, ids);
+        }
+        ids.add(next.conversationId);
+      }
+    }
+    this.#conversations.set(next.conversationId, next);
+  }
+
+  conversationsOf(userId: string): readonly ConversationMembership[] {
+    const ids = this.#liveByUser.get(userId);
+    if (ids === undefined) return [];
+    return [...ids].flatMap((id) => {
+      const conversation = this.#conversations.get(id);
+      return conversation === undefined ? [] : [conversation];
+    });
+  }
+
+  shareConversation(a: string, b: string): boolean {
+    const ofA = this.#liveByUser.get(a);
+    const ofB = this.#liveByUser.get(b);
+    if (ofA === undefined || ofB === undefined) return false;
+    const [small, large] = ofA.size <= ofB.size ? [ofA, ofB] : [ofB, ofA];
+    for (const id of small) if (large.has(id)) return true;
+    return false;
+  }
+
+  contactsOf(userId: string): readonly string[] {
+    const contacts = new Set<string>();
+    for (const conversation of this.conversationsOf(userId)) {
+      if (conversation.kind !== "direct") continue;
+      for (const member of conversation.memberUserIds) if (member !== userId) contacts.add(member);
+    }
+    return [...contacts];
   }
 
   applyBlock(update: BlockUpdate): void {

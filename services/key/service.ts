@@ -5,7 +5,9 @@ import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
 import type { Logger } from "../../lib/logging.ts";
 import { startOutboxRelay } from "../../lib/outbox.ts";
-import { createMembershipView, followRelationships } from "./adapters/memory/membership-view.ts";
+import { ConversationView } from "../../lib/views/conversation-view.ts";
+import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
+import { createConversationRelationships } from "./adapters/memory/conversation-relationships.ts";
 import { createMemoryRateLimiter } from "./adapters/memory/token-bucket.ts";
 import { createSqliteKeyStore } from "./adapters/sqlite/sqlite-key-store.ts";
 import type { KeyStore } from "./domain/key-store.ts";
@@ -66,9 +68,10 @@ export async function createKeyService(options: KeyServiceOptions): Promise<KeyS
   try {
     let relationships = options.relationships;
     if (relationships === undefined) {
-      const view = createMembershipView();
-      following = await followRelationships(options.broker, view, logger);
-      relationships = view;
+      const view = new ConversationView();
+      const feeds = await feedConversationView(options.broker, view, logger);
+      following = { close: async () => Promise.all(feeds.map((f) => f.close())).then(() => {}) };
+      relationships = createConversationRelationships(view);
     }
     const relay = startOutboxRelay(store.outbox, options.broker, { logger });
     const keys = createKeyDomain({

@@ -1,12 +1,7 @@
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { fromBinary } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { v7 as uuidv7 } from "uuid";
 import { beforeEach, describe, expect, it } from "vitest";
-import {
-  BlockChangedSchema,
-  ConversationKind,
-  MembershipChangedSchema,
-} from "../../../gen/parley/events/v1/connection_events_pb.ts";
 import {
   KeyChangedSchema,
   KeyChangeKind,
@@ -15,7 +10,8 @@ import {
 import { Topics } from "../../../lib/broker/broker.ts";
 import type { ErrorCode } from "../../../lib/errors.ts";
 import { ParleyError } from "../../../lib/errors.ts";
-import { createMembershipView } from "../adapters/memory/membership-view.ts";
+import { ConversationView } from "../../../lib/views/conversation-view.ts";
+import { createConversationRelationships } from "../adapters/memory/conversation-relationships.ts";
 import { createMemoryRateLimiter } from "../adapters/memory/token-bucket.ts";
 import { createSqliteKeyStore } from "../adapters/sqlite/sqlite-key-store.ts";
 import {
@@ -48,10 +44,10 @@ async function expectError(promise: Promise<unknown>, code: ErrorCode, reason: s
 function setup(settings: Partial<KeySettings> = {}) {
   const clock = fakeClock();
   const store: KeyStore = createSqliteKeyStore({ path: ":memory:" });
-  const view = createMembershipView();
+  const view = new ConversationView();
   const keys: KeyDomain = createKeyDomain({
     store,
-    relationships: view,
+    relationships: createConversationRelationships(view),
     limiter: createMemoryRateLimiter(),
     now: clock.now,
     settings,
@@ -59,27 +55,17 @@ function setup(settings: Partial<KeySettings> = {}) {
   let version = 0n;
   const conversation = (...members: string[]) => {
     const conversationId = uuidv7();
-    view.applyMembership(
-      create(MembershipChangedSchema, {
-        eventId: uuidv7(),
-        conversationId,
-        kind: members.length === 2 ? ConversationKind.DIRECT : ConversationKind.GROUP,
-        version: ++version,
-        members: members.map((userId) => ({ userId })),
-      }),
-    );
+    view.applyMembership({
+      conversationId,
+      kind: members.length === 2 ? "direct" : "group",
+      version: ++version,
+      memberUserIds: members,
+      deleted: false,
+    });
     return conversationId;
   };
   const block = (blocker: string, blocked: string) =>
-    view.applyBlock(
-      create(BlockChangedSchema, {
-        eventId: uuidv7(),
-        blockerUserId: blocker,
-        blockedUserId: blocked,
-        blocked: true,
-        version: ++version,
-      }),
-    );
+    view.applyBlock({ blocker, blocked, isBlocked: true, version: ++version });
   const register = async (address: DeviceAddress, keysOf = deviceKeys()) => {
     await keys.registerDevice({ address, displayName: "", traceparent: "", ...keysOf });
     return keysOf;
