@@ -81,17 +81,12 @@ describe("internal services", () => {
     },
   );
 
-  it("answers unimplemented RPCs with a message naming the method", async () => {
+  it("history answers Sync for a device with an empty inbox", async () => {
     const client = createGrpcClient(HistoryService, addresses.history ?? "");
     try {
-      const err = await client.sync({ device: { userId: "alice", deviceId: "phone" } }).then(
-        () => undefined,
-        (e: unknown) => e,
-      );
-      const parley = fromGrpcError(err);
-      expect(parley.code).toBe("unimplemented");
-      expect(parley.reason).toBe("NOT_IMPLEMENTED");
-      expect(parley.message).toBe("parley.history.v1.HistoryService/Sync is not implemented yet");
+      const page = await client.sync({ device: { userId: "alice", deviceId: "phone" } });
+      expect(page.items).toEqual([]);
+      expect(page.more).toBe(false);
     } finally {
       closeChannel(client);
     }
@@ -235,13 +230,14 @@ describe("edge", () => {
       expect(own.code).toBe(Code.InvalidArgument);
     });
 
-    it("answers unimplemented internal methods naming the internal method", async () => {
-      // History answers UNIMPLEMENTED until its handlers land; the message names the internal
-      // method, which shows the call went edge -> auth -> history and back.
-      const err = await failure(createClient(EdgeHistoryService, connect()).sync({}));
-      expect(err.code).toBe(Code.Unimplemented);
-      expect(err.rawMessage).toBe("parley.history.v1.HistoryService/Sync is not implemented yet");
-      expect(err.findDetails(ErrorInfoSchema)[0]?.reason).toBe("NOT_IMPLEMENTED");
+    it("reaches history as the token's device: another device's cursor is refused", async () => {
+      const history = createClient(EdgeHistoryService, connect());
+      const page = await history.sync({});
+      expect(page.more).toBe(false);
+      // A cursor is bound to the device it was issued to; the edge set the device from the token.
+      const foreign = await failure(history.sync({ cursor: new Uint8Array(17).fill(1) }));
+      expect(foreign.code).toBe(Code.InvalidArgument);
+      expect(foreign.findDetails(ErrorInfoSchema)[0]?.reason).toBe("INVALID_CURSOR");
     });
 
     it("refuses a call without a valid token before it reaches the internal service", async () => {

@@ -1,9 +1,146 @@
-import { HistoryService } from "../../gen/parley/history/v1/history_service_pb.ts";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { context, propagation } from "@opentelemetry/api";
+import type { DeviceAddress } from "../../gen/parley/common/v1/address_pb.ts";
+import { SeqOrder } from "../../gen/parley/history/v1/history_pb.ts";
+import type {
+  HistoryService,
+  MarkDeliveredRequest,
+  MarkReadRequest,
+} from "../../gen/parley/history/v1/history_service_pb.ts";
+import { invalidArgument } from "../../lib/errors.ts";
 import type { GrpcServiceImplementation } from "../../lib/grpc/service-definition.ts";
-import { unimplementedService } from "../../lib/grpc/unimplemented.ts";
+import { messageProto, receiptProto } from "./domain/events.ts";
+import type { History, MarkCommand } from "./domain/history.ts";
+import type { DeviceRef, ReceiptState } from "./domain/model.ts";
 
-/** The history service's RPC handlers: protobuf in, domain calls, protobuf out. */
-export function createHistoryHandlers(): GrpcServiceImplementation<typeof HistoryService> {
-  // Every RPC answers UNIMPLEMENTED, naming itself, until the issue that builds this service lands.
-  return unimplementedService(HistoryService);
+/** HistoryService over the history use cases: protobuf in, domain command, protobuf out. */
+export function createHistoryHandlers(history: History): GrpcServiceImplementation<typeof HistoryService> {
+  return {
+    async sync(request) {
+      const result = await history.sync({
+        device: device(request.device),
+        cursor: request.cursor,
+        pageSize: request.pageSize,
+      });
+      return {
+        items: result.items.map((item) => ({
+          cursor: item.cursor,
+          item:
+            item.kind === "message"
+              ? { case: "message" as const, value: messageProto(item.message, item.message.ciphertext) }
+              : { case: "receipt" as const, value: receiptProto(item.receipt) },
+        })),
+        nextCursor: result.nextCursor,
+        more: result.more,
+        watermarks: result.watermarks.map((w) => ({
+          conversationId: w.conversationId,
+          lastSeq: BigInt(w.lastSeq),
+        })),
+      };
+    },
+
+    async listMessages(request) {
+      const result = await history.listMessages({
+        device: device(request.device),
+        conversationId: request.conversationId,
+        afterSeq: seqNumber(request.afterSeq),
+        beforeSeq: seqNumber(request.beforeSeq),
+        order: request.order === SeqOrder.OLDEST_FIRST ? "oldest_first" : "newest_first",
+        pageSize: request.pageSize,
+        pageToken: request.pageToken,
+      });
+      return {
+        messages: result.messages.map((m) => messageProto(m, m.ciphertext)),
+        nextPageToken: result.nextPageToken,
+        lastSeq: BigInt(result.lastSeq),
+      };
+    },
+
+    async markDelivered(request) {
+      const result = await history.markDelivered(markCommand(request));
+      return { recorded: result.recorded, state: stateProto(result.state) };
+    },
+
+    async markRead(request) {
+      const result = await history.markRead(markCommand(request));
+      return { recorded: result.recorded, state: stateProto(result.state) };
+    },
+
+    async getReceipts(request) {
+      const result = await history.getReceipts({
+        device: device(request.device),
+        conversationId: request.conversationId,
+        messageId: request.messageId,
+        pageSize: request.pageSize,
+        pageToken: request.pageToken,
+      });
+      return {
+        members: result.members.map((m) => ({
+          userId: m.userId,
+          state: stateProto(m.state),
+          ...(m.deliveredAt === undefined ? {} : { deliveredAt: timestampFromDate(m.deliveredAt) }),
+          ...(m.readAt === undefined ? {} : { readAt: timestampFromDate(m.readAt) }),
+        })),
+        nextPageToken: result.nextPageToken,
+        messageSeq: BigInt(result.messageSeq),
+        recipientCount: result.recipientCount,
+        deliveredCount: result.deliveredCount,
+        readCount: result.readCount,
+      };
+    },
+
+    async requestResend(request) {
+      await history.requestResend({
+        device: device(request.device),
+        conversationId: request.conversationId,
+        messageId: request.messageId,
+        identityKey: request.identityKey,
+        traceparent: currentTraceparent(),
+      });
+      return {};
+    },
+  };
+}
+
+function device(address: DeviceAddress | undefined): DeviceRef {
+  // protovalidate has checked presence already; this narrows the type.
+  if (address === undefined) throw invalidArgument("VALIDATION_FAILED", "device is required");
+  return { userId: address.userId, deviceId: address.deviceId };
+}
+
+/** A uint64 seq as a number; beyond 2^53 it is clamped (no conversation gets there). */
+function seqNumber(value: bigint): number {
+  return value > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(value);
+}
+
+function markCommand(request: MarkDeliveredRequest | MarkReadRequest): MarkCommand {
+  let target: MarkCommand["target"];
+  switch (request.target.case) {
+    case "upToSeq":
+      target = { upToSeq: seqNumber(request.target.value) };
+      break;
+    case "messageIds":
+      target = { messageIds: request.target.value.messageIds };
+      break;
+    default:
+      throw invalidArgument("VALIDATION_FAILED", "up_to_seq or message_ids is required");
+  }
+  return {
+    device: device(request.device),
+    conversationId: request.conversationId,
+    target,
+    at: request.at === undefined ? undefined : timestampDate(request.at),
+    traceparent: currentTraceparent(),
+  };
+}
+
+function stateProto(state: ReceiptState) {
+  return { deliveredUpToSeq: BigInt(state.deliveredUpToSeq), readUpToSeq: BigInt(state.readUpToSeq) };
+}
+
+/** The W3C traceparent of the call's span (empty when not traced), for the events it causes. */
+function currentTraceparent(): string {
+  const carrier: Record<string, string> = {};
+  propagation.inject(context.active(), carrier);
+  return carrier.traceparent ?? "";
 }

@@ -1,12 +1,111 @@
 import { HistoryService } from "../../gen/parley/history/v1/history_service_pb.ts";
+import type { Broker, Subscription } from "../../lib/broker/broker.ts";
 import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
+import type { Logger } from "../../lib/logging.ts";
+import type { OutboxRelay } from "../../lib/outbox.ts";
+import { startOutboxRelay } from "../../lib/outbox.ts";
+import { ConversationView } from "../../lib/views/conversation-view.ts";
+import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
+import { startMessageConsumer } from "./adapters/broker/message-consumer.ts";
+import { createTokenBucketRateLimiter } from "./adapters/memory/token-bucket.ts";
+import type { RetentionSweep } from "./adapters/sqlite/retention-sweep.ts";
+import { startRetentionSweep } from "./adapters/sqlite/retention-sweep.ts";
+import { createSqliteHistoryStore } from "./adapters/sqlite/sqlite-history-store.ts";
+import type { History } from "./domain/history.ts";
+import { createHistory, DEFAULT_RETENTION_MS } from "./domain/history.ts";
+import type { HistoryStore } from "./domain/history-store.ts";
 import { createHistoryHandlers } from "./handlers.ts";
 
 /** Default gRPC port of the history service in the cluster profile (PARLEY_HISTORY_PORT). */
 export const HISTORY_DEFAULT_PORT = 7104;
 
-/** The gRPC services the history process serves, wired to the adapters its main picked. */
-export function historyServices(): GrpcServiceRegistration[] {
-  return [grpcService(HistoryService, createHistoryHandlers())];
+export interface HistoryServiceOptions {
+  /** The SQLite file (`<dataDir>/parley.db`, shared with other services' tables), or ":memory:". */
+  readonly dbPath: string;
+  /** Where MessageAccepted comes from, MessageStored / ReceiptRecorded / ResendRequested go, and memberships are followed. */
+  readonly broker: Broker;
+  readonly logger: Logger;
+  /** How long messages, inbox items and receipts are kept after accepted_at. Default 30 days. */
+  readonly retentionMs?: number;
+  /** How often the retention sweep runs. Default 60 s. */
+  readonly sweepIntervalMs?: number;
+  /** RequestResend per device: burst, then this many per second. Defaults 10 and 0.2. */
+  readonly resendRateLimit?: { readonly burst: number; readonly perSecond: number };
+  /** Delay before a failed MessageAccepted comes back (default: the broker's). */
+  readonly redeliveryDelayMs?: number;
+  /** The clock (tests). */
+  readonly now?: () => Date;
+}
+
+export interface HistoryServiceParts {
+  readonly registrations: GrpcServiceRegistration[];
+  /** The use cases, for in-process callers and tests. */
+  readonly history: History;
+  readonly store: HistoryStore;
+  /** Runs the retention sweep now; resolves to the rows removed. */
+  sweepNow(): Promise<number>;
+  /** Stops consuming, following and sweeping, publishes what the outbox holds, closes the store. */
+  stop(): Promise<void>;
+}
+
+/**
+ * The history service with its embedded adapters: the SQLite store (and its outbox, relayed to
+ * the broker), the membership view fed from `chat.memberships`, the `chat.messages` consumer, the
+ * retention sweep and an in-memory RequestResend rate limit. Both the embedded mesh and
+ * services/history/main.ts start it this way.
+ */
+export async function createHistoryService(options: HistoryServiceOptions): Promise<HistoryServiceParts> {
+  const logger = options.logger.child({ component: "history" });
+  const store = createSqliteHistoryStore({ path: options.dbPath });
+  const started: { close(): Promise<void> }[] = [];
+  let relay: OutboxRelay | undefined;
+  let sweep: RetentionSweep | undefined;
+  const stopAll = async () => {
+    for (const part of started.splice(0).reverse()) await part.close();
+    await sweep?.stop();
+    await relay?.stop();
+    store.close();
+  };
+  try {
+    const view = new ConversationView();
+    started.push(...(await feedConversationView(options.broker, view, logger)));
+    const outboxRelay = startOutboxRelay(store.outbox, options.broker, { logger });
+    relay = outboxRelay;
+    const history = createHistory({
+      store,
+      conversations: view,
+      resendLimiter: createTokenBucketRateLimiter(options.resendRateLimit ?? { burst: 10, perSecond: 0.2 }),
+      retentionMs: options.retentionMs ?? DEFAULT_RETENTION_MS,
+      onChange: () => outboxRelay.notify(),
+      ...(options.now === undefined ? {} : { now: options.now }),
+    });
+    const consumer: Subscription = await startMessageConsumer({
+      broker: options.broker,
+      ingest: history.ingest,
+      logger,
+      ...(options.redeliveryDelayMs === undefined ? {} : { redeliveryDelayMs: options.redeliveryDelayMs }),
+    });
+    started.push(consumer);
+    const retention = startRetentionSweep(store, {
+      logger,
+      ...(options.sweepIntervalMs === undefined ? {} : { intervalMs: options.sweepIntervalMs }),
+      ...(options.now === undefined ? {} : { now: options.now }),
+    });
+    sweep = retention;
+    let stopping: Promise<void> | undefined;
+    return {
+      registrations: [grpcService(HistoryService, createHistoryHandlers(history))],
+      history,
+      store,
+      sweepNow: () => retention.runNow(),
+      stop() {
+        stopping ??= stopAll();
+        return stopping;
+      },
+    };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
 }

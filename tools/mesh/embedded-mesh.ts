@@ -9,7 +9,7 @@ import type { RunningService } from "../../lib/service-process.ts";
 import { startGrpcService } from "../../lib/service-process.ts";
 import { createConnectionService } from "../../services/connection/service.ts";
 import { deliveryServices } from "../../services/delivery/service.ts";
-import { historyServices } from "../../services/history/service.ts";
+import { createHistoryService } from "../../services/history/service.ts";
 import { createKeyService } from "../../services/key/service.ts";
 import { createSenderService } from "../../services/sender/service.ts";
 
@@ -80,7 +80,9 @@ export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<E
     track("sender-parts", () => sender.stop());
     await serve("sender", sender.registrations);
 
-    await serve("history", historyServices());
+    const history = await createHistoryService({ dbPath: storePath, broker, logger: options.logger });
+    track("history-parts", () => history.stop());
+    await serve("history", history.registrations);
     await serve("delivery", deliveryServices());
 
     const edge = await startEdge(

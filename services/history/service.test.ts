@@ -1,0 +1,371 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { v7 as uuidv7 } from "uuid";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { ContentKind } from "../../gen/parley/common/v1/envelope_pb.ts";
+import { ReceiptKind } from "../../gen/parley/common/v1/message_pb.ts";
+import {
+  ConversationKind,
+  MemberRole,
+  MembershipChangedSchema,
+} from "../../gen/parley/events/v1/connection_events_pb.ts";
+import type { MessageStored, ResendRequested } from "../../gen/parley/events/v1/message_events_pb.ts";
+import {
+  MessageAcceptedSchema,
+  MessageStoredSchema,
+  ResendRequestedSchema,
+} from "../../gen/parley/events/v1/message_events_pb.ts";
+import type { ReceiptRecorded } from "../../gen/parley/events/v1/receipt_events_pb.ts";
+import { ReceiptRecordedSchema } from "../../gen/parley/events/v1/receipt_events_pb.ts";
+import { SeqOrder } from "../../gen/parley/history/v1/history_pb.ts";
+import { HistoryService } from "../../gen/parley/history/v1/history_service_pb.ts";
+import type { Subscription } from "../../lib/broker/broker.ts";
+import { Topics } from "../../lib/broker/broker.ts";
+import type { EmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
+import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
+import type { GrpcServiceClient } from "../../lib/grpc/client.ts";
+import { closeChannel, createGrpcClient } from "../../lib/grpc/client.ts";
+import { fromGrpcError } from "../../lib/grpc/grpc-error.ts";
+import type { GrpcServer } from "../../lib/grpc/server.ts";
+import { createGrpcServer } from "../../lib/grpc/server.ts";
+import { createLogger } from "../../lib/logging.ts";
+import type { HistoryServiceParts } from "./service.ts";
+import { createHistoryService } from "./service.ts";
+
+const logger = createLogger("history-test", "silent");
+/** gRPC decodes bytes into Node Buffers; compare them as plain Uint8Arrays. */
+const bytes = (value: Uint8Array | undefined) => new Uint8Array(value ?? []);
+
+async function waitFor(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+async function grpcFailure(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (err) {
+    const parley = fromGrpcError(err);
+    return `${parley.code}/${parley.reason}`;
+  }
+  return "no error";
+}
+
+const phone = (userId: string) => ({ userId, deviceId: "phone" });
+const laptop = (userId: string) => ({ userId, deviceId: "laptop" });
+
+describe("history service over gRPC", () => {
+  let dir: string;
+  let broker: EmbeddedBroker;
+  let history: HistoryServiceParts;
+  let server: GrpcServer;
+  let client: GrpcServiceClient<typeof HistoryService>;
+  let following: Subscription[];
+  let stored: MessageStored[];
+  let receipts: ReceiptRecorded[];
+  let resends: ResendRequested[];
+  const group = uuidv7();
+  const messageIds: string[] = [];
+
+  const publishMembership = async (conversationId: string, members: string[], version: bigint) => {
+    const event = create(MembershipChangedSchema, {
+      eventId: uuidv7(),
+      conversationId,
+      kind: ConversationKind.GROUP,
+      version,
+      members: members.map((userId) => ({ userId, role: MemberRole.MEMBER })),
+      changedAt: timestampFromDate(new Date()),
+    });
+    await broker.publish(Topics.memberships, {
+      key: conversationId,
+      payload: toBinary(MembershipChangedSchema, event),
+    });
+  };
+
+  const publishAccepted = async (sender: { userId: string; deviceId: string }, messageId = uuidv7()) => {
+    const event = create(MessageAcceptedSchema, {
+      messageId,
+      conversationId: group,
+      sender,
+      clientMessageId: uuidv7(),
+      envelope: {
+        kind: ContentKind.TEXT,
+        payload: {
+          case: "perDevice",
+          value: {
+            recipients: [
+              { userId: "bob", devices: [{ deviceId: "phone", ciphertext: new Uint8Array([0xb0]) }] },
+              { userId: "carol", devices: [{ deviceId: "phone", ciphertext: new Uint8Array([0xc0]) }] },
+            ],
+          },
+        },
+      },
+      acceptedAt: timestampFromDate(new Date()),
+      recipientDevices: [phone("bob"), phone("carol")],
+      membershipVersion: 1n,
+    });
+    await broker.publish(Topics.messages, { key: group, payload: toBinary(MessageAcceptedSchema, event) });
+    return messageId;
+  };
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), "parley-history-service-"));
+    broker = await createEmbeddedBroker({ path: join(dir, "broker.db"), logger });
+    stored = [];
+    receipts = [];
+    resends = [];
+    following = [
+      await broker.follow(Topics.deliveries, {}, (m) => {
+        stored.push(fromBinary(MessageStoredSchema, m.payload));
+      }),
+      await broker.follow(Topics.receipts, {}, (m) => {
+        receipts.push(fromBinary(ReceiptRecordedSchema, m.payload));
+      }),
+      await broker.follow(Topics.resends, {}, (m) => {
+        resends.push(fromBinary(ResendRequestedSchema, m.payload));
+      }),
+    ];
+    await publishMembership(group, ["alice", "bob", "carol"], 1n);
+    history = await createHistoryService({
+      dbPath: join(dir, "parley.db"),
+      broker,
+      logger,
+      redeliveryDelayMs: 20,
+    });
+    server = createGrpcServer({ name: "history", services: history.registrations, logger });
+    const port = await server.listen("127.0.0.1", 0);
+    client = createGrpcClient(HistoryService, `127.0.0.1:${port}`);
+
+    messageIds.splice(0);
+    for (let i = 0; i < 5; i++) messageIds.push(await publishAccepted(phone("alice")));
+    await waitFor(() => stored.length === 5, "five MessageStored");
+    // The membership view follows the broker: wait until it knows the group.
+    await waitFor(
+      async () =>
+        (await grpcFailure(client.listMessages({ device: phone("bob"), conversationId: group }))) ===
+        "no error",
+      "the membership view",
+    );
+  });
+
+  afterEach(async () => {
+    closeChannel(client);
+    await server.shutdown();
+    await history.stop();
+    for (const f of following) await f.close();
+    await broker.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("syncs a device's inbox in pages with `more`, cursors matching the pushed ones, and watermarks", async () => {
+    const seen: bigint[] = [];
+    const cursors: Uint8Array[] = [];
+    let cursor = new Uint8Array();
+    const mores: boolean[] = [];
+    for (;;) {
+      const page = await client.sync({ device: phone("bob"), cursor, pageSize: 2 });
+      for (const item of page.items) {
+        if (item.item.case !== "message") throw new Error("expected messages only");
+        seen.push(item.item.value.seq);
+        expect(bytes(item.item.value.ciphertext)).toEqual(new Uint8Array([0xb0]));
+        cursors.push(bytes(item.cursor));
+      }
+      mores.push(page.more);
+      expect(page.watermarks.map((w) => [w.conversationId, w.lastSeq])).toEqual(
+        page.items.length > 0 ? [[group, 5n]] : [],
+      );
+      cursor = bytes(page.nextCursor);
+      if (!page.more) break;
+    }
+    expect(seen).toEqual([1n, 2n, 3n, 4n, 5n]);
+    expect(mores).toEqual([true, true, false]);
+    // The cursor each MessageStored carried for bob's phone is the one Sync gives.
+    const pushed = stored.map((s) => bytes(s.targets.find((t) => t.device?.userId === "bob")?.cursor));
+    expect(pushed).toEqual(cursors);
+    // Resuming after the last cursor: nothing, and the cursor comes back.
+    const after = await client.sync({ device: phone("bob"), cursor });
+    expect([after.items.length, after.more, bytes(after.nextCursor)]).toEqual([0, false, cursor]);
+  });
+
+  it("refuses another device's cursor with INVALID_CURSOR", async () => {
+    const page = await client.sync({ device: phone("bob"), pageSize: 1 });
+    expect(await grpcFailure(client.sync({ device: laptop("bob"), cursor: page.nextCursor }))).toBe(
+      "invalid_argument/INVALID_CURSOR",
+    );
+    expect(await grpcFailure(client.sync({ device: phone("carol"), cursor: page.nextCursor }))).toBe(
+      "invalid_argument/INVALID_CURSOR",
+    );
+    expect(await grpcFailure(client.sync({ device: phone("bob"), cursor: new Uint8Array([1, 2, 3]) }))).toBe(
+      "invalid_argument/INVALID_CURSOR",
+    );
+  });
+
+  it("lists messages to members only: NOT_FOUND for non-members and unknown conversations", async () => {
+    const page = await client.listMessages({
+      device: phone("carol"),
+      conversationId: group,
+      order: SeqOrder.OLDEST_FIRST,
+      pageSize: 3,
+    });
+    expect(page.messages.map((m) => [m.seq, bytes(m.ciphertext)[0]])).toEqual([
+      [1n, 0xc0],
+      [2n, 0xc0],
+      [3n, 0xc0],
+    ]);
+    expect(page.lastSeq).toBe(5n);
+    const next = await client.listMessages({
+      device: phone("carol"),
+      conversationId: group,
+      order: SeqOrder.OLDEST_FIRST,
+      pageSize: 3,
+      pageToken: page.nextPageToken,
+    });
+    expect([next.messages.map((m) => m.seq), next.nextPageToken]).toEqual([[4n, 5n], ""]);
+    // alice sent them pairwise to others: listed for her without a ciphertext, seqs contiguous.
+    const own = await client.listMessages({ device: phone("alice"), conversationId: group });
+    expect(own.messages.map((m) => [m.seq, m.ciphertext.length])).toEqual([
+      [5n, 0],
+      [4n, 0],
+      [3n, 0],
+      [2n, 0],
+      [1n, 0],
+    ]);
+    expect(await grpcFailure(client.listMessages({ device: phone("mallory"), conversationId: group }))).toBe(
+      "not_found/CONVERSATION_NOT_FOUND",
+    );
+    expect(await grpcFailure(client.listMessages({ device: phone("bob"), conversationId: uuidv7() }))).toBe(
+      "not_found/CONVERSATION_NOT_FOUND",
+    );
+    // A member who leaves loses access.
+    await publishMembership(group, ["alice", "bob"], 2n);
+    await waitFor(
+      async () =>
+        (await grpcFailure(client.listMessages({ device: phone("carol"), conversationId: group }))) !==
+        "no error",
+      "carol's removal",
+    );
+    expect(await grpcFailure(client.listMessages({ device: phone("carol"), conversationId: group }))).toBe(
+      "not_found/CONVERSATION_NOT_FOUND",
+    );
+    expect(
+      await grpcFailure(
+        client.listMessages({ device: phone("bob"), conversationId: group, afterSeq: 3n, beforeSeq: 2n }),
+      ),
+    ).toBe("invalid_argument/VALIDATION_FAILED");
+  });
+
+  it("records MarkRead, shows it in GetReceipts, publishes ReceiptRecorded, and clears the inbox", async () => {
+    const read = await client.markRead({
+      device: phone("bob"),
+      conversationId: group,
+      target: { case: "upToSeq", value: 3n },
+    });
+    expect(read.recorded).toBe(true);
+    expect(read.state).toMatchObject({ deliveredUpToSeq: 3n, readUpToSeq: 3n });
+    const again = await client.markRead({
+      device: phone("bob"),
+      conversationId: group,
+      target: { case: "upToSeq", value: 2n },
+    });
+    expect(again.recorded).toBe(false);
+    const delivered = await client.markDelivered({
+      device: phone("carol"),
+      conversationId: group,
+      target: { case: "messageIds", value: { messageIds: [messageIds[1] as string] } },
+    });
+    expect(delivered.state).toMatchObject({ deliveredUpToSeq: 0n, readUpToSeq: 0n });
+
+    const byConversation = await client.getReceipts({ device: phone("alice"), conversationId: group });
+    expect(
+      byConversation.members.map((m) => [
+        m.userId,
+        m.state?.deliveredUpToSeq,
+        m.state?.readUpToSeq,
+        m.readAt !== undefined,
+      ]),
+    ).toEqual([
+      ["alice", 0n, 0n, false],
+      ["bob", 3n, 3n, true],
+      ["carol", 0n, 0n, false],
+    ]);
+    const byMessage = await client.getReceipts({
+      device: phone("alice"),
+      conversationId: group,
+      messageId: messageIds[1] as string,
+      pageSize: 1,
+    });
+    expect(
+      byMessage.members.map((m) => [m.userId, m.deliveredAt !== undefined, m.readAt !== undefined]),
+    ).toEqual([["bob", true, true]]);
+    expect([
+      byMessage.messageSeq,
+      byMessage.recipientCount,
+      byMessage.deliveredCount,
+      byMessage.readCount,
+    ]).toEqual([2n, 2, 2, 1]);
+    const second = await client.getReceipts({
+      device: phone("alice"),
+      conversationId: group,
+      messageId: messageIds[1] as string,
+      pageSize: 1,
+      pageToken: byMessage.nextPageToken,
+    });
+    expect([
+      second.members.map((m) => [m.userId, m.deliveredAt !== undefined, m.readAt !== undefined]),
+      second.nextPageToken,
+    ]).toEqual([[["carol", true, false]], ""]);
+    expect(
+      await grpcFailure(
+        client.getReceipts({ device: phone("alice"), conversationId: group, messageId: uuidv7() }),
+      ),
+    ).toBe("not_found/MESSAGE_NOT_FOUND");
+
+    await waitFor(() => receipts.length === 2, "two ReceiptRecorded");
+    expect(receipts.map((r) => [r.receipt?.kind, r.receipt?.upToSeq, r.notifyUserIds])).toEqual([
+      [ReceiptKind.READ, 3n, ["alice", "bob"]],
+      [ReceiptKind.DELIVERED, 0n, ["alice"]],
+    ]);
+    // bob's phone no longer has seqs 1-3; alice's phone has the receipts addressed to her.
+    const inbox = await client.sync({ device: phone("bob") });
+    expect(inbox.items.map((i) => (i.item.case === "message" ? i.item.value.seq : 0n))).toEqual([4n, 5n]);
+    const alice = await client.sync({ device: phone("alice") });
+    expect(alice.items.map((i) => (i.item.case === "receipt" ? i.item.value.reader?.userId : ""))).toEqual([
+      "bob",
+      "carol",
+    ]);
+  });
+
+  it("publishes ResendRequested for a message addressed to the device, and refuses others", async () => {
+    const identityKey = new Uint8Array(33).fill(7);
+    identityKey[0] = 5;
+    await client.requestResend({
+      device: phone("bob"),
+      conversationId: group,
+      messageId: messageIds[0] as string,
+      identityKey,
+    });
+    await waitFor(() => resends.length === 1, "the ResendRequested");
+    expect(resends[0]).toMatchObject({
+      messageId: messageIds[0],
+      requester: { userId: "bob", deviceId: "phone" },
+      sender: { userId: "alice", deviceId: "phone" },
+    });
+    expect(
+      await grpcFailure(
+        client.requestResend({
+          device: laptop("bob"),
+          conversationId: group,
+          messageId: messageIds[0] as string,
+          identityKey,
+        }),
+      ),
+    ).toBe("not_found/MESSAGE_NOT_FOUND");
+  });
+});
