@@ -54,6 +54,14 @@ export interface HostLease {
   releaseDevice(userId: string, deviceId: string, revision: bigint): Promise<void>;
   /** Ends the lease: the host and every route under it disappear at once. */
   revoke(): Promise<void>;
+  /**
+   * Resolves when the lease ended without `revoke()`: it expired because renewals stopped for
+   * longer than its TTL (a stalled process, a partition from etcd). The host and its routes are
+   * gone by then, and further `assignDevice` or `update` calls fail: the host must close its
+   * streams (their devices reconnect and re-register) and register again under a new lease.
+   * Never resolves for a lease that was revoked.
+   */
+  readonly lost: Promise<void>;
 }
 
 export interface Registry {

@@ -339,7 +339,8 @@ export const DeliveryService: GenService<{
   },
   /**
    * The current presence of some users, as the asking device may see it: users who are not its
-   * accepted contacts or fellow group members, or who block its user, are left out.
+   * accepted contacts, or who block its user, are left out (sharing a group is not enough: presence
+   * is for contacts; typing reaches fellow members).
    *
    * @generated from rpc parley.delivery.v1.DeliveryService.GetPresence
    */

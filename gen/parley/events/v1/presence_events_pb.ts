@@ -20,8 +20,8 @@ export const file_parley_events_v1_presence_events: GenFile = /*@__PURE__*/
 
 /**
  * A user's aggregated presence changed. Delivery pushes it to the connected devices of the user's
- * accepted contacts and fellow group members; edges forward it only to streams that follow that
- * user. Ephemeral: lost events are repaired by the next change or by GetPresence.
+ * accepted contacts (not to fellow group members: presence is for contacts), never across a block;
+ * edges forward it only to streams that follow that user. Ephemeral: lost events are repaired by the next change or by GetPresence.
  *
  * Producer: delivery (from UpdatePresence and from presence expiry). Consumer: delivery fan-out
  * workers. Topic: `chat.presence` (non-persistent). Pulsar key = user_id.
