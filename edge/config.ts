@@ -1,6 +1,15 @@
 import { join } from "node:path";
 import type { ConfigOf } from "../lib/config.ts";
-import { durationVar, enumVar, loadConfig, optional, portVar, stringVar, urlVar } from "../lib/config.ts";
+import {
+  durationVar,
+  enumVar,
+  intVar,
+  loadConfig,
+  optional,
+  portVar,
+  stringVar,
+  urlVar,
+} from "../lib/config.ts";
 import { LOG_LEVELS } from "../lib/logging.ts";
 
 /** The audience every client token must name unless PARLEY_EDGE_JWT_AUDIENCE says otherwise. */
@@ -34,6 +43,24 @@ export const edgeConfigSpec = {
   jwtAudience: stringVar("PARLEY_EDGE_JWT_AUDIENCE", { default: DEFAULT_JWT_AUDIENCE }),
   jwtClockToleranceMs: durationVar("PARLEY_EDGE_JWT_CLOCK_TOLERANCE", { default: 30_000 }),
   devIssuerKeyFile: optional(stringVar("PARLEY_EDGE_DEV_ISSUER_KEY_FILE")),
+  // The internal EdgePushService (gRPC) delivery pushes to. Bind address, and the host:port
+  // written in the registry for delivery to dial (defaults to pushHost:<bound port>; set it to the
+  // pod IP or a DNS name when binding 0.0.0.0).
+  pushHost: stringVar("PARLEY_EDGE_PUSH_HOST", { default: "127.0.0.1" }),
+  pushPort: portVar("PARLEY_EDGE_PUSH_PORT", { default: 7110 }),
+  pushAdvertiseAddress: optional(stringVar("PARLEY_EDGE_PUSH_ADVERTISE_ADDRESS")),
+  // Device streams (edge/streams). Clients heartbeat at this interval (sent in ServerReady); a
+  // Session silent for three intervals is closed (IDLE_TIMEOUT); quiet streams get a server
+  // heartbeat each interval; presence is refreshed at this pace with a TTL of three intervals.
+  heartbeatIntervalMs: durationVar("PARLEY_EDGE_HEARTBEAT_INTERVAL", { default: 20_000 }),
+  // Frames that may wait to be written to one stream; a stream that falls further behind is
+  // closed and its device resumes from its cursor (PushOutcome OVERLOADED).
+  streamQueueLimit: intVar("PARLEY_EDGE_STREAM_QUEUE_LIMIT", { default: 512, min: 16, max: 100_000 }),
+  // On shutdown: how long streams get, after their Drain frame, to move before SHUTDOWN closes them.
+  drainTimeoutMs: durationVar("PARLEY_EDGE_DRAIN_TIMEOUT", { default: 10_000 }),
+  // The registry lease of this host: it and its device routes expire this long after the process
+  // stops renewing it (crash, partition).
+  leaseTtlMs: durationVar("PARLEY_EDGE_LEASE_TTL", { default: 10_000 }),
 };
 
 export type EdgeConfig = ConfigOf<typeof edgeConfigSpec>;

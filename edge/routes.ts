@@ -1,4 +1,4 @@
-import type { ConnectRouter } from "@connectrpc/connect";
+import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
 import { ConnectionService } from "../gen/parley/connection/v1/connection_service_pb.ts";
 import { ContactService } from "../gen/parley/edge/v1/contact_service_pb.ts";
 import { ConversationService } from "../gen/parley/edge/v1/conversation_service_pb.ts";
@@ -10,17 +10,11 @@ import { KeyService } from "../gen/parley/key/v1/key_service_pb.ts";
 import type { Logger } from "../lib/logging.ts";
 import type { InternalClients } from "./internal-clients.ts";
 import { createPassthroughService } from "./passthrough.ts";
-import { unimplementedEdgeService } from "./unimplemented.ts";
-
-/** Where clients reach this edge host: returned by Locate and named in Drain frames. */
-export interface EdgeIdentity {
-  readonly hostId: string;
-  readonly publicUrl: string;
-}
 
 export interface EdgeRouteDependencies {
-  readonly identity: EdgeIdentity;
   readonly clients: InternalClients;
+  /** SessionService: device streams and the unary calls beside them (edge/session-service.ts). */
+  readonly session: ServiceImpl<typeof SessionService>;
   readonly logger: Logger;
 }
 
@@ -31,12 +25,12 @@ export const RENAMED_METHODS = {
 
 /**
  * Every service the edge serves. Every call is authenticated first (see edge/auth); the four
- * passthrough services forward to their internal service as the token's caller; SessionService
- * methods that later work implements answer `unimplemented` until then. Building the routes checks
- * that each passthrough lines up with its internal contract, so drift fails at start-up.
+ * passthrough services forward to their internal service as the token's caller; SessionService is
+ * the edge's own (streams, sends, acks, Locate). Building the routes checks that each passthrough
+ * lines up with its internal contract, so drift fails at start-up.
  */
 export function edgeRoutes(deps: EdgeRouteDependencies): (router: ConnectRouter) => void {
-  const { identity, clients, logger } = deps;
+  const { clients, session, logger } = deps;
   const passthroughs = [
     createPassthroughService(ContactService, ConnectionService, clients.connection, {
       methodNames: RENAMED_METHODS.contact,
@@ -47,11 +41,7 @@ export function edgeRoutes(deps: EdgeRouteDependencies): (router: ConnectRouter)
     createPassthroughService(EdgeHistoryService, HistoryService, clients.history, { logger }),
   ] as const;
   return (router) => {
-    router.service(SessionService, {
-      ...unimplementedEdgeService(SessionService),
-      // A single host is its own answer; the cluster profile ranks live hosts from the registry.
-      locate: async () => ({ edgeUrl: identity.publicUrl, hostId: identity.hostId }),
-    });
+    router.service(SessionService, session);
     router.service(ContactService, passthroughs[0]);
     router.service(ConversationService, passthroughs[1]);
     router.service(DeviceService, passthroughs[2]);

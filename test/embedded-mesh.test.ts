@@ -169,13 +169,13 @@ describe("edge", () => {
     expect(err.findDetails(BadRequestSchema)[0]?.fieldViolations.map((v) => v.field)).toEqual(["message"]);
   });
 
-  it("answers RPCs not built yet with unimplemented", async () => {
+  it("passes SetTyping to delivery as the caller: a conversation they are not in is not found", async () => {
     const client = createClient(SessionService, transports["gRPC over HTTP/2"]?.() as Transport);
     const err = await failure(
       client.setTyping({ typing: { conversationId: "0190e8f4-1c7b-7000-8000-000000000001", typing: true } }),
     );
-    expect(err.code).toBe(Code.Unimplemented);
-    expect(err.rawMessage).toBe("parley.edge.v1.SessionService/SetTyping is not implemented yet");
+    expect(err.code).toBe(Code.NotFound);
+    expect(err.findDetails(ErrorInfoSchema)[0]?.reason).toBe("CONVERSATION_NOT_FOUND");
   });
 
   describe("passthrough to internal services", () => {

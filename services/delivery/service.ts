@@ -3,7 +3,6 @@ import { DeliveryService } from "../../gen/parley/delivery/v1/delivery_service_p
 import type { Broker, BrokerMessage } from "../../lib/broker/broker.ts";
 import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
-import { unimplementedService } from "../../lib/grpc/unimplemented.ts";
 import type { Logger } from "../../lib/logging.ts";
 import type { Registry } from "../../lib/registry/registry.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
@@ -135,14 +134,6 @@ export async function createDeliveryService(options: DeliveryServiceOptions): Pr
     await stop();
     throw err;
   }
-}
-
-/**
- * @deprecated The embedded mesh (tools/mesh/embedded-mesh.ts) still serves this placeholder;
- * it should call `createDeliveryService` with the broker and the registry it shares with the edge.
- */
-export function deliveryServices(): GrpcServiceRegistration[] {
-  return [grpcService(DeliveryService, unimplementedService(DeliveryService))];
 }
 
 function otelDeliveryMetrics(): DeliveryMetrics {

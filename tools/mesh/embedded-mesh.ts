@@ -1,14 +1,15 @@
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { devIssuerAuthConfig } from "../../edge/config.ts";
+import { devIssuerAuthConfig, loadEdgeConfig } from "../../edge/config.ts";
 import { startEdge } from "../../edge/server.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
 import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import type { Logger } from "../../lib/logging.ts";
+import { createInProcessRegistry } from "../../lib/registry/in-process-registry.ts";
 import type { RunningService } from "../../lib/service-process.ts";
 import { startGrpcService } from "../../lib/service-process.ts";
 import { createConnectionService } from "../../services/connection/service.ts";
-import { deliveryServices } from "../../services/delivery/service.ts";
+import { createDeliveryService } from "../../services/delivery/service.ts";
 import { createHistoryService } from "../../services/history/service.ts";
 import { createKeyService } from "../../services/key/service.ts";
 import { createSenderService } from "../../services/sender/service.ts";
@@ -60,6 +61,10 @@ export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<E
   const track = (name: string, stop: () => Promise<void>) => started.push({ name, address: "", stop });
 
   try {
+    // The registry the edge writes (its host, its device routes) and delivery reads: etcd's
+    // stand-in, closed last.
+    const registry = createInProcessRegistry({ logger: options.logger.child({ component: "registry" }) });
+    track("registry", () => registry.close());
     const broker = await createEmbeddedBroker({ path: join(dataDir, "broker.db") });
     track("broker", () => broker.close());
 
@@ -83,15 +88,19 @@ export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<E
     const history = await createHistoryService({ dbPath: storePath, broker, logger: options.logger });
     track("history-parts", () => history.stop());
     await serve("history", history.registrations);
-    await serve("delivery", deliveryServices());
+    const delivery = await createDeliveryService({ broker, registry, logger: options.logger });
+    track("delivery-parts", () => delivery.stop());
+    await serve("delivery", delivery.registrations);
 
     const edge = await startEdge(
       {
+        // Every edge variable at its default (heartbeat, queue limit, drain, lease TTL...), then
+        // what this profile decides: where to listen, the push port picked by the OS, the peers.
+        ...loadEdgeConfig({}),
         host: options.edgeHost,
         port: options.edgePort,
-        publicUrl: undefined,
-        hostId: undefined,
-        logLevel: "info",
+        pushHost: "127.0.0.1",
+        pushPort: 0,
         connectionAddress: internal.connection ?? "",
         keyAddress,
         senderAddress: internal.sender ?? "",
@@ -100,6 +109,7 @@ export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<E
         ...devIssuerAuthConfig(dataDir),
       },
       options.logger.child({ service: "edge" }),
+      { registry },
     );
     started.push({ name: "edge", address: edge.url, stop: edge.stop });
     return { edgeUrl: edge.url, internal, stop: stopAll };

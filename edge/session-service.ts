@@ -1,0 +1,468 @@
+import type { DescMethod, MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate, timestampNow } from "@bufbuild/protobuf/wkt";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import type { Status } from "../gen/google/rpc/status_pb.ts";
+import type { DeviceAddress } from "../gen/parley/common/v1/address_pb.ts";
+import { ReceiptKind } from "../gen/parley/common/v1/message_pb.ts";
+import { DeliveryService } from "../gen/parley/delivery/v1/delivery_service_pb.ts";
+import type {
+  Acknowledgement,
+  OutgoingMessage,
+  ResendRequest,
+  SendAcceptedSchema,
+  ServerFrame,
+  TypingUpdate,
+} from "../gen/parley/edge/v1/frames_pb.ts";
+import type { SessionRequest } from "../gen/parley/edge/v1/session_service_pb.ts";
+import { SessionRequestSchema, SessionService } from "../gen/parley/edge/v1/session_service_pb.ts";
+import { HistoryService } from "../gen/parley/history/v1/history_service_pb.ts";
+import type { SendMessageResponse } from "../gen/parley/sender/v1/sender_service_pb.ts";
+import { SenderService } from "../gen/parley/sender/v1/sender_service_pb.ts";
+import { invalidArgument, isUnexpectedError, toParleyError, toStatus } from "../lib/errors.ts";
+import type { GrpcCallOptions } from "../lib/grpc/client.ts";
+import { validateMessage } from "../lib/grpc/validation.ts";
+import type { Logger } from "../lib/logging.ts";
+import { authenticatedCaller, callingDevice } from "./auth/interceptor.ts";
+import type { HostDirectory } from "./host-directory.ts";
+import type { InternalClients } from "./internal-clients.ts";
+import type { PassthroughRoute } from "./passthrough.ts";
+import { toEdgeError } from "./passthrough.ts";
+import type { DeviceStream, FetchPage } from "./streams/device-stream.ts";
+import { Closes, durationOf, frame } from "./streams/device-stream.ts";
+import type { StreamHub } from "./streams/stream-hub.ts";
+import { currentTransportAbort } from "./transport-scope.ts";
+
+export interface SessionServiceOptions {
+  readonly hub: StreamHub;
+  readonly clients: Pick<InternalClients, "sender" | "history" | "delivery">;
+  readonly directory: HostDirectory;
+  readonly hostId: () => string;
+  readonly heartbeatIntervalMs: number;
+  /**
+   * How long a new Session holds live pushes for a first frame: a hello with a resume cursor must
+   * be replayed before anything live. Any other first frame (or none within this time) goes live.
+   */
+  readonly helloWaitMs: number;
+  readonly logger: Logger;
+}
+
+/** Client frames of one Session handled at once; reading pauses beyond it (HTTP/2 flow control). */
+const MAX_FRAMES_IN_FLIGHT = 64;
+
+/** The internal call behind each edge method, for the shared error mapping (`toEdgeError`). */
+const ROUTES = {
+  send: route(SessionService.method.send, SenderService.method.sendMessage, "sender"),
+  markDelivered: route(SessionService.method.ack, HistoryService.method.markDelivered, "device"),
+  markRead: route(SessionService.method.ack, HistoryService.method.markRead, "device"),
+  setTyping: route(SessionService.method.setTyping, DeliveryService.method.setTyping, "device"),
+  requestResend: route(SessionService.method.requestResend, HistoryService.method.requestResend, "device"),
+  syncSession: route(SessionService.method.session, HistoryService.method.sync, "device"),
+  syncSubscribe: route(SessionService.method.subscribe, HistoryService.method.sync, "device"),
+} as const;
+
+function route(edge: DescMethod, internal: DescMethod, localName: string): PassthroughRoute {
+  return { edge, internal, caller: { kind: "device", localName } };
+}
+
+/**
+ * SessionService: the device streams (Session, Subscribe) on the stream hub, and the unary calls
+ * (Send, Ack, SetTyping, RequestResend) that make the same internal calls as the frames, with
+ * errors through the same mapping as the passthroughs.
+ */
+export function createSessionService(options: SessionServiceOptions): ServiceImpl<typeof SessionService> {
+  const { hub, clients, logger } = options;
+  const calls = createSessionCalls(clients);
+
+  const statusOf = (err: unknown, ctx: HandlerContext, via: PassthroughRoute): Status => {
+    const mapped = toEdgeError(err, ctx, via, logger);
+    if (isUnexpectedError(mapped)) {
+      logger.error(
+        { rpc: `${via.internal.parent.typeName}/${via.internal.name}`, err: mapped },
+        "frame failed",
+      );
+    }
+    return toStatus(toParleyError(mapped));
+  };
+
+  const readyFrame = (device: DeviceAddress): ServerFrame =>
+    frame({
+      case: "ready",
+      value: {
+        hostId: options.hostId(),
+        heartbeatInterval: durationOf(options.heartbeatIntervalMs),
+        serverTime: timestampNow(),
+        device: { userId: device.userId, deviceId: device.deviceId },
+      },
+    });
+
+  const fetchPage =
+    (device: DeviceAddress, ctx: HandlerContext): FetchPage =>
+    (cursor, pageSize) =>
+      clients.history.sync({ device, cursor, pageSize }, { signal: ctx.signal });
+
+  /** Writes the stream's frames until it ends; a client that goes away aborts it. */
+  async function* serve(
+    stream: DeviceStream,
+    ctx: HandlerContext,
+  ): AsyncGenerator<{ frame: ServerFrame }, void, undefined> {
+    const onAbort = () => stream.abort();
+    // The client may have gone while the stream registered.
+    if (ctx.signal.aborted) stream.abort();
+    ctx.signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      for await (const serverFrame of stream.frames()) yield { frame: serverFrame };
+    } finally {
+      ctx.signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  const open = async (ctx: HandlerContext, kind: "session" | "subscribe") => {
+    const caller = authenticatedCaller(ctx);
+    const abortTransport = currentTransportAbort();
+    const stream = await hub.open(caller.device, kind, {
+      expiresAt: caller.expiresAt,
+      ...(abortTransport === undefined ? {} : { abortTransport }),
+    });
+    stream.reply(readyFrame(caller.device));
+    return { stream, device: caller.device };
+  };
+
+  return {
+    async *session(requests, ctx) {
+      const { stream, device } = await open(ctx, "session");
+      const reader = createFrameReader({
+        stream,
+        device,
+        ctx,
+        hub,
+        calls,
+        statusOf,
+        fetchPage: fetchPage(device, ctx),
+        helloWaitMs: options.helloWaitMs,
+      });
+      void reader(requests);
+      yield* serve(stream, ctx);
+    },
+
+    async *subscribe(request, ctx) {
+      const { stream, device } = await open(ctx, "subscribe");
+      stream.setPresenceInterest(request.presence?.userIds ?? []);
+      if (request.resumeCursor.length > 0) {
+        stream
+          .resume(request.resumeCursor, fetchPage(device, ctx))
+          .catch((err: unknown) =>
+            stream.fail(toParleyError(toEdgeError(err, ctx, ROUTES.syncSubscribe, logger))),
+          );
+      } else {
+        stream.goLive();
+      }
+      yield* serve(stream, ctx);
+    },
+
+    async send(request, ctx) {
+      const message = required(request.message, "message");
+      try {
+        return { accepted: accepted(await calls.send(callingDevice(ctx), message, unaryOptions(ctx))) };
+      } catch (err) {
+        throw toEdgeError(err, ctx, ROUTES.send, logger);
+      }
+    },
+
+    async ack(request, ctx) {
+      const ack = required(request.ack, "ack");
+      try {
+        return { acknowledgedUpToSeq: await calls.ack(callingDevice(ctx), ack, unaryOptions(ctx)) };
+      } catch (err) {
+        throw toEdgeError(err, ctx, ackRoute(ack), logger);
+      }
+    },
+
+    async setTyping(request, ctx) {
+      const typing = required(request.typing, "typing");
+      try {
+        const expiresAt = await calls.setTyping(callingDevice(ctx), typing, unaryOptions(ctx));
+        return expiresAt === undefined ? {} : { expiresAt };
+      } catch (err) {
+        throw toEdgeError(err, ctx, ROUTES.setTyping, logger);
+      }
+    },
+
+    async requestResend(request, ctx) {
+      const resend = required(request.request, "request");
+      try {
+        await calls.requestResend(callingDevice(ctx), resend, unaryOptions(ctx));
+        return {};
+      } catch (err) {
+        throw toEdgeError(err, ctx, ROUTES.requestResend, logger);
+      }
+    },
+
+    async locate(_request, ctx) {
+      const host = await options.directory.locate(callingDevice(ctx));
+      return { edgeUrl: host.publicUrl, hostId: host.hostId };
+    },
+  };
+}
+
+type SessionCalls = ReturnType<typeof createSessionCalls>;
+
+/** The internal calls behind frames and unary methods alike, acting as `device`. */
+function createSessionCalls(clients: SessionServiceOptions["clients"]) {
+  return {
+    send(device: DeviceAddress, message: OutgoingMessage, callOptions: GrpcCallOptions) {
+      return clients.sender.sendMessage(
+        {
+          sender: device,
+          conversationId: message.conversationId,
+          clientMessageId: message.clientMessageId,
+          envelope: message.envelope,
+          forceTrace: message.forceTrace,
+        },
+        callOptions,
+      );
+    },
+    async ack(device: DeviceAddress, ack: Acknowledgement, callOptions: GrpcCallOptions): Promise<bigint> {
+      const target =
+        ack.target.case === "messageIds"
+          ? { case: "messageIds" as const, value: { messageIds: ack.target.value.messageIds } }
+          : { case: "upToSeq" as const, value: ack.target.value ?? 0n };
+      const request = {
+        device,
+        conversationId: ack.conversationId,
+        target,
+        at: timestampFromDate(new Date()),
+      };
+      if (ack.kind === ReceiptKind.READ) {
+        return (await clients.history.markRead(request, callOptions)).state?.readUpToSeq ?? 0n;
+      }
+      return (await clients.history.markDelivered(request, callOptions)).state?.deliveredUpToSeq ?? 0n;
+    },
+    async setTyping(device: DeviceAddress, typing: TypingUpdate, callOptions: GrpcCallOptions) {
+      const response = await clients.delivery.setTyping(
+        { device, conversationId: typing.conversationId, typing: typing.typing },
+        callOptions,
+      );
+      return response.expiresAt;
+    },
+    async requestResend(device: DeviceAddress, resend: ResendRequest, callOptions: GrpcCallOptions) {
+      await clients.history.requestResend(
+        {
+          device,
+          conversationId: resend.conversationId,
+          messageId: resend.messageId,
+          identityKey: resend.identityKey,
+        },
+        callOptions,
+      );
+    },
+  };
+}
+
+interface FrameReaderOptions {
+  readonly stream: DeviceStream;
+  readonly device: DeviceAddress;
+  readonly ctx: HandlerContext;
+  readonly hub: StreamHub;
+  readonly calls: SessionCalls;
+  readonly statusOf: (err: unknown, ctx: HandlerContext, via: PassthroughRoute) => Status;
+  readonly fetchPage: FetchPage;
+  readonly helloWaitMs: number;
+}
+
+/**
+ * Reads a Session's client frames until the client ends its side (the stream then ends OK once
+ * the frames in flight are answered) or the stream closes. Each frame is validated on its own: a
+ * bad one gets a FrameError and the stream stays open, until too many (PROTOCOL_ERROR). Sends to
+ * one conversation run one after another, in the order the client sent them (so its messages keep
+ * their order); everything else runs concurrently, up to MAX_FRAMES_IN_FLIGHT frames.
+ */
+function createFrameReader(
+  options: FrameReaderOptions,
+): (requests: AsyncIterable<SessionRequest>) => Promise<void> {
+  const { stream, device, ctx, hub, calls, statusOf } = options;
+  const callOptions: GrpcCallOptions = { signal: ctx.signal };
+  const chains = new Map<string, Promise<void>>();
+  let inFlight = 0;
+  let wake: (() => void) | undefined;
+  let hello: "waiting" | "absent" | "received" = "waiting";
+
+  const goLiveWithoutHello = () => {
+    if (hello !== "waiting") return;
+    hello = "absent";
+    stream.goLive();
+  };
+  const helloTimer = setTimeout(goLiveWithoutHello, options.helloWaitMs);
+
+  const frameError = (frameId: bigint, error: Status) =>
+    stream.reply(frame({ case: "frameError", value: { frameId, error } }));
+
+  /** Runs `task` after the previous task of the same key (ordered per key, concurrent across keys). */
+  const run = (key: string, task: () => Promise<void>) => {
+    inFlight++;
+    const next = (chains.get(key) ?? Promise.resolve()).then(task).finally(() => {
+      inFlight--;
+      if (chains.get(key) === next) chains.delete(key);
+      const resume = wake;
+      wake = undefined;
+      resume?.();
+    });
+    chains.set(key, next);
+  };
+  const room = async (limit: number) => {
+    while (inFlight >= limit) await new Promise<void>((resolve) => (wake = resolve));
+  };
+
+  const handle = (request: SessionRequest) => {
+    const frameId = request.frame?.frameId ?? 0n;
+    try {
+      validateMessage(SessionRequestSchema, request);
+    } catch (err) {
+      frameError(frameId, toStatus(toParleyError(err)));
+      if (stream.recordBadFrame()) stream.close(Closes.protocolError);
+      return;
+    }
+    const body = request.frame?.body;
+    if (body === undefined || body.case === undefined) return; // ruled out by validation
+    if (body.case !== "hello") goLiveWithoutHello();
+    switch (body.case) {
+      case "hello": {
+        if (hello === "received") {
+          frameError(frameId, toStatus(invalidArgument("HELLO_REPEATED", "a stream takes one hello frame")));
+          return;
+        }
+        hello = "received";
+        clearTimeout(helloTimer);
+        const cursor = body.value.resumeCursor;
+        if (cursor.length === 0) {
+          stream.goLive();
+          return;
+        }
+        stream
+          .resume(cursor, options.fetchPage)
+          .catch((err: unknown) => frameError(frameId, statusOf(err, ctx, ROUTES.syncSession)));
+        return;
+      }
+      case "send": {
+        const message = body.value;
+        run(`send:${message.conversationId}`, async () => {
+          try {
+            const response = await calls.send(device, message, callOptions);
+            stream.reply(
+              frame({
+                case: "sendResult",
+                value: {
+                  frameId,
+                  clientMessageId: message.clientMessageId,
+                  outcome: { case: "accepted", value: accepted(response) },
+                },
+              }),
+            );
+          } catch (err) {
+            stream.reply(
+              frame({
+                case: "sendResult",
+                value: {
+                  frameId,
+                  clientMessageId: message.clientMessageId,
+                  outcome: { case: "error", value: statusOf(err, ctx, ROUTES.send) },
+                },
+              }),
+            );
+          }
+        });
+        return;
+      }
+      case "ack": {
+        const ack = body.value;
+        run(`ack:${ack.conversationId}`, async () => {
+          try {
+            await calls.ack(device, ack, callOptions);
+          } catch (err) {
+            frameError(frameId, statusOf(err, ctx, ackRoute(ack)));
+          }
+        });
+        return;
+      }
+      case "typing": {
+        const typing = body.value;
+        run(`typing:${typing.conversationId}`, async () => {
+          try {
+            await calls.setTyping(device, typing, callOptions);
+          } catch (err) {
+            frameError(frameId, statusOf(err, ctx, ROUTES.setTyping));
+          }
+        });
+        return;
+      }
+      case "presenceSubscribe":
+        stream.setPresenceInterest(body.value.userIds);
+        return;
+      case "heartbeat":
+        stream.reply(frame({ case: "heartbeat", value: { serverTime: timestampNow() } }));
+        hub.heartbeat(stream, body.value.idle);
+        return;
+      case "resendRequest": {
+        const resend = body.value;
+        run(`resend:${frameId}`, async () => {
+          try {
+            await calls.requestResend(device, resend, callOptions);
+          } catch (err) {
+            frameError(frameId, statusOf(err, ctx, ROUTES.requestResend));
+          }
+        });
+        return;
+      }
+    }
+  };
+
+  return async (requests) => {
+    const iterator = requests[Symbol.asyncIterator]();
+    try {
+      for (;;) {
+        await room(MAX_FRAMES_IN_FLIGHT);
+        if (stream.isClosed) return;
+        const next = await iterator.next();
+        if (stream.isClosed) return;
+        if (next.done === true) {
+          // The client ended its side: answer what is in flight, then end the stream.
+          await room(1);
+          stream.end();
+          return;
+        }
+        stream.touch();
+        handle(next.value);
+      }
+    } catch {
+      // The client's side failed: reset or gone (the signal says so), or a message that does not
+      // decode, which no FrameError can answer (there is no frame id to echo).
+      if (ctx.signal.aborted) stream.abort();
+      else stream.close(Closes.protocolError);
+    } finally {
+      clearTimeout(helloTimer);
+    }
+  };
+}
+
+function ackRoute(ack: Acknowledgement): PassthroughRoute {
+  return ack.kind === ReceiptKind.READ ? ROUTES.markRead : ROUTES.markDelivered;
+}
+
+function accepted(response: SendMessageResponse): MessageInitShape<typeof SendAcceptedSchema> {
+  return {
+    messageId: response.messageId,
+    ...(response.acceptedAt === undefined ? {} : { acceptedAt: response.acceptedAt }),
+    duplicate: response.duplicate,
+  };
+}
+
+/** The client's deadline and cancellation, as in the passthroughs. */
+function unaryOptions(ctx: HandlerContext): GrpcCallOptions {
+  const timeoutMs = ctx.timeoutMs();
+  return { signal: ctx.signal, ...(timeoutMs === undefined ? {} : { deadline: Math.max(0, timeoutMs) }) };
+}
+
+/** A required field the validation interceptor has already checked. */
+function required<T>(value: T | undefined, field: string): T {
+  if (value === undefined) throw invalidArgument("VALIDATION_FAILED", `${field} is required`);
+  return value;
+}
