@@ -1,5 +1,11 @@
 import { directConversationId } from "../../../lib/ids.ts";
 import type { OutboxEvent } from "../../../lib/outbox.ts";
+import {
+  decodePageToken,
+  effectivePageSize,
+  encodePageToken,
+  positionString,
+} from "../../../lib/page-token.ts";
 import type { PairCommit } from "./connection-store.ts";
 import type { ConnectionDomainDeps, ResolvedDeps } from "./deps.ts";
 import { resolveDeps, withConflictRetry } from "./deps.ts";
@@ -25,7 +31,6 @@ import type {
   ViewState,
 } from "./model.ts";
 import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, pairKey, stateOf, viewOf } from "./model.ts";
-import { decodePageToken, effectivePageSize, encodePageToken, positionString } from "./page-token.ts";
 import type { ConnectionView, Page, ProfileView } from "./views.ts";
 import { toProfileView } from "./views.ts";
 

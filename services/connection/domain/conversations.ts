@@ -1,12 +1,19 @@
 import { createHash } from "node:crypto";
 import { invalidArgument } from "../../../lib/errors.ts";
+import {
+  decodePageToken,
+  effectivePageSize,
+  encodePageToken,
+  invalidPageToken,
+  positionInteger,
+  positionString,
+} from "../../../lib/page-token.ts";
 import type { ConversationCommit } from "./connection-store.ts";
 import type { ConnectionDomainDeps, ResolvedDeps } from "./deps.ts";
 import { resolveDeps, withConflictRetry } from "./deps.ts";
 import {
   conversationNotFound,
   groupFull,
-  invalidPageToken,
   memberNotFound,
   membershipChanged,
   notAConnection,
@@ -26,13 +33,6 @@ import type {
   UserRecord,
 } from "./model.ts";
 import { compareIds, DEFAULT_PAGE_SIZE, MAX_GROUP_MEMBERS, MAX_PAGE_SIZE } from "./model.ts";
-import {
-  decodePageToken,
-  effectivePageSize,
-  encodePageToken,
-  positionInteger,
-  positionString,
-} from "./page-token.ts";
 import type { ConversationView, MemberView, Page } from "./views.ts";
 import { toProfileView } from "./views.ts";
 

@@ -93,9 +93,6 @@ export const selfConnection = (): ParleyError =>
 
 export const selfBlock = (): ParleyError => invalidArgument(Reason.selfBlock, "cannot block oneself");
 
-export const invalidPageToken = (why: string): ParleyError =>
-  invalidArgument(Reason.invalidPageToken, `invalid page token: ${why}`);
-
 export const alreadyConnected = (): ParleyError =>
   alreadyExists(Reason.alreadyConnected, "already connected with that user");
 

@@ -14,10 +14,6 @@ export function invalidCursor(why: string): ParleyError {
   return invalidArgument(HistoryReasons.invalidCursor, `invalid cursor: ${why}`);
 }
 
-export function invalidPageToken(why: string): ParleyError {
-  return invalidArgument(HistoryReasons.invalidPageToken, `invalid page token: ${why}`);
-}
-
 /** The same answer for a conversation that does not exist and one the caller is not in. */
 export function conversationNotFound(conversationId: string): ParleyError {
   return notFound(HistoryReasons.conversationNotFound, "conversation not found", {

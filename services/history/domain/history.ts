@@ -1,4 +1,12 @@
 import { v7 as uuidv7 } from "uuid";
+import {
+  decodePageToken,
+  effectivePageSize,
+  encodePageToken,
+  invalidPageToken,
+  positionInteger,
+  positionString,
+} from "../../../lib/page-token.ts";
 import { decodeCursor, encodeCursor } from "./cursor.ts";
 import { conversationNotFound, invalidCursor, messageNotFound, rateLimited } from "./errors.ts";
 import { messageStoredEvents, receiptRecordedEvent, resendRequestedEvent } from "./events.ts";
@@ -14,7 +22,6 @@ import type {
   StoredMessage,
 } from "./model.ts";
 import { EMPTY_STATE, sameDevice } from "./model.ts";
-import { decodeSeqPageToken, decodeUserPageToken, effectivePageSize, encodePageToken } from "./page-token.ts";
 import type { ConversationDirectory, ConversationMembership, RateLimiter } from "./ports.ts";
 
 export const DEFAULT_RETENTION_MS = 30 * 24 * 60 * 60 * 1000;
@@ -221,7 +228,7 @@ export function createHistory(deps: HistoryDeps) {
     ];
     let { afterSeq, beforeSeq } = command;
     if (command.pageToken !== "") {
-      const continueFrom = decodeSeqPageToken(command.pageToken, scope, at);
+      const continueFrom = seqPosition(decodePageToken(command.pageToken, "messages", scope, at));
       if (command.order === "newest_first")
         beforeSeq = beforeSeq === 0 ? continueFrom : Math.min(beforeSeq, continueFrom);
       else afterSeq = Math.max(afterSeq, continueFrom);
@@ -241,7 +248,9 @@ export function createHistory(deps: HistoryDeps) {
     return {
       messages: taken,
       nextPageToken:
-        (page.more || trimmed) && last !== undefined ? encodePageToken("messages", scope, last.seq, at) : "",
+        (page.more || trimmed) && last !== undefined
+          ? encodePageToken("messages", scope, [last.seq], at)
+          : "",
       lastSeq: page.lastSeq,
     };
   }
@@ -287,7 +296,10 @@ export function createHistory(deps: HistoryDeps) {
     const conversation = requireMember(command.conversationId, command.device.userId);
     const at = now();
     const scope = [command.device.userId, command.device.deviceId, command.conversationId, command.messageId];
-    const after = command.pageToken === "" ? undefined : decodeUserPageToken(command.pageToken, scope, at);
+    const after =
+      command.pageToken === ""
+        ? undefined
+        : positionString(decodePageToken(command.pageToken, "receipts", scope, at), 0);
     const limit = effectivePageSize(command.pageSize, RECEIPTS_PAGE.default, RECEIPTS_PAGE.max);
     let members = [...conversation.memberUserIds].sort();
     let perMessage:
@@ -335,7 +347,7 @@ export function createHistory(deps: HistoryDeps) {
       members: entries,
       nextPageToken:
         remaining.length > page.length && last !== undefined
-          ? encodePageToken("receipts", scope, last, at)
+          ? encodePageToken("receipts", scope, [last], at)
           : "",
       ...counts,
     };
@@ -409,4 +421,11 @@ function takeWithinBytes<T>(
     taken.push(item);
   }
   return { taken, trimmed: false };
+}
+
+/** The seq a ListMessages token continues from (seqs start at 1). */
+function seqPosition(position: readonly (string | number)[]): number {
+  const seq = positionInteger(position, 0);
+  if (seq < 1) throw invalidPageToken("malformed");
+  return seq;
 }

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
-import { invalidPageToken } from "./errors.ts";
+import type { ParleyError } from "./errors.ts";
+import { invalidArgument } from "./errors.ts";
 
 /**
  * Opaque page tokens (AIP-158). A token is base64url of a small JSON object:
@@ -12,8 +13,11 @@ import { invalidPageToken } from "./errors.ts";
  * - `t` lets tokens expire (TOKEN_TTL_MS).
  * Clients must treat tokens as opaque; the format may change with `v`. Tokens are not signed: they
  * only say where to continue, and every page re-checks that the caller may see what it lists.
+ * Every defect is INVALID_ARGUMENT with reason INVALID_PAGE_TOKEN. Shared by every service's List
+ * RPCs so they all behave alike.
  */
-export type PageListing = "connections" | "conversations" | "members";
+/** A name per List RPC (e.g. "connections", "messages"), so a token of one is refused by another. */
+export type PageListing = string;
 
 export type PagePosition = readonly (string | number)[];
 
@@ -23,6 +27,10 @@ export const PAGE_TOKEN_TTL_MS = 24 * 60 * 60 * 1000;
 const VERSION = 1;
 // Tokens are at most 1,024 characters (the request's rule); ours stay far below.
 const BASE64URL = /^[A-Za-z0-9_-]+$/;
+
+export function invalidPageToken(why: string): ParleyError {
+  return invalidArgument("INVALID_PAGE_TOKEN", `invalid page token: ${why}`);
+}
 
 function scopeHash(scope: readonly unknown[]): string {
   return createHash("sha256").update(JSON.stringify(scope)).digest("base64url").slice(0, 16);
