@@ -1,4 +1,8 @@
+import { create } from "@bufbuild/protobuf";
+import { TimestampSchema, timestampDate } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
+import type { DeviceAddress } from "../gen/parley/common/v1/address_pb.ts";
+import { DeviceAddressSchema } from "../gen/parley/common/v1/address_pb.ts";
 import { ConnectionService } from "../gen/parley/connection/v1/connection_service_pb.ts";
 import { ContactService } from "../gen/parley/edge/v1/contact_service_pb.ts";
 import { ConversationService } from "../gen/parley/edge/v1/conversation_service_pb.ts";
@@ -8,6 +12,7 @@ import { SessionService } from "../gen/parley/edge/v1/session_service_pb.ts";
 import { HistoryService } from "../gen/parley/history/v1/history_service_pb.ts";
 import { KeyService } from "../gen/parley/key/v1/key_service_pb.ts";
 import type { Logger } from "../lib/logging.ts";
+import { callingDevice } from "./auth/interceptor.ts";
 import type { InternalClients } from "./internal-clients.ts";
 import { createPassthroughService } from "./passthrough.ts";
 
@@ -16,6 +21,8 @@ export interface EdgeRouteDependencies {
   /** SessionService: device streams and the unary calls beside them (edge/session-service.ts). */
   readonly session: ServiceImpl<typeof SessionService>;
   readonly logger: Logger;
+  /** DeviceService.RemoveDevice succeeded: the caller's device `deviceId` was removed at `removedAt`. */
+  readonly onDeviceRemoved?: (device: DeviceAddress, removedAt: Date) => void;
 }
 
 /** Edge methods whose internal method has another name. */
@@ -37,7 +44,7 @@ export function edgeRoutes(deps: EdgeRouteDependencies): (router: ConnectRouter)
       logger,
     }),
     createPassthroughService(ConversationService, ConnectionService, clients.connection, { logger }),
-    createPassthroughService(DeviceService, KeyService, clients.key, { logger }),
+    withRemovalNotice(createPassthroughService(DeviceService, KeyService, clients.key, { logger }), deps),
     createPassthroughService(EdgeHistoryService, HistoryService, clients.history, { logger }),
   ] as const;
   return (router) => {
@@ -46,5 +53,29 @@ export function edgeRoutes(deps: EdgeRouteDependencies): (router: ConnectRouter)
     router.service(ConversationService, passthroughs[1]);
     router.service(DeviceService, passthroughs[2]);
     router.service(EdgeHistoryService, passthroughs[3]);
+  };
+}
+
+/** DeviceService whose RemoveDevice, once the key service answered, tells `onDeviceRemoved`. */
+function withRemovalNotice(
+  devices: ServiceImpl<typeof DeviceService>,
+  deps: Pick<EdgeRouteDependencies, "onDeviceRemoved">,
+): ServiceImpl<typeof DeviceService> {
+  const { onDeviceRemoved } = deps;
+  if (onDeviceRemoved === undefined) return devices;
+  const removeDevice = devices.removeDevice.bind(devices);
+  return {
+    ...devices,
+    async removeDevice(request, ctx) {
+      const response = await removeDevice(request, ctx);
+      const at = response.removedAt;
+      const removedAt = at === undefined ? new Date() : timestampDate(create(TimestampSchema, at));
+      const device = create(DeviceAddressSchema, {
+        userId: callingDevice(ctx).userId,
+        deviceId: request.deviceId,
+      });
+      onDeviceRemoved(device, removedAt);
+      return response;
+    },
   };
 }

@@ -1,6 +1,8 @@
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { DeviceAddress } from "../gen/parley/common/v1/address_pb.ts";
 import type { Logger } from "../lib/logging.ts";
 import type { Registry } from "../lib/registry/registry.ts";
+import { cacheDeviceCheck } from "./auth/device-check.ts";
 import type { EdgeAuthOptions } from "./auth/edge-auth.ts";
 import { createEdgeAuth } from "./auth/edge-auth.ts";
 import { createAuthInterceptor } from "./auth/interceptor.ts";
@@ -45,6 +47,8 @@ export interface EdgeOptions extends EdgeAuthOptions {
   readonly helloWaitMs?: number;
   /** How often the edge updates its load in the registry. Default 5 s. */
   readonly loadReportIntervalMs?: number;
+  /** How long an ACTIVE answer of `isDeviceActive` is reused (edge/auth/device-check.ts). Default 10 s. */
+  readonly deviceCheckCacheMs?: number;
 }
 
 /** Close.retry_after of streams closed by a shutdown with no other host to move to. */
@@ -63,7 +67,18 @@ export async function startEdge(
   // A caller built against an older EdgeConfig (a hand-written literal) gets the defaults of the
   // variables it does not know, rather than undefined timers and limits.
   const config: EdgeConfig = { ...loadEdgeConfig({}), ...givenConfig };
-  const auth = await createEdgeAuth(config, options);
+  // The revocation hook behind a short cache of ACTIVE answers, dropped as soon as this edge learns
+  // of a removal (its own RemoveDevice passthrough, or a pushed KeyChanged DEVICE_REMOVED).
+  const deviceCheck =
+    options.isDeviceActive === undefined
+      ? undefined
+      : cacheDeviceCheck(options.isDeviceActive, {
+          ...(options.deviceCheckCacheMs === undefined ? {} : { activeTtlMs: options.deviceCheckCacheMs }),
+        });
+  const auth = await createEdgeAuth(
+    config,
+    deviceCheck === undefined ? {} : { isDeviceActive: deviceCheck.check },
+  );
   if (auth.devIssuer !== undefined) {
     logger.warn(
       { key_file: auth.devIssuer.keyFile, issuer: auth.issuer, audience: auth.audience },
@@ -102,7 +117,13 @@ export async function startEdge(
       closeGraceMs: 5_000,
     },
     logger: streamLogger,
+    onDeviceRemoved: (device) => deviceCheck?.forget(device),
   });
+  /** This edge served a RemoveDevice: the device's tokens and its stream here are revoked now. */
+  const onDeviceRemoved = (device: DeviceAddress, removedAt: Date) => {
+    deviceCheck?.forget(device);
+    hub.revoke(device, removedAt);
+  };
   const directory = createHostDirectory({
     registry,
     self: () => ({ ...identity, load: hub.size, state: hub.state }),
@@ -145,7 +166,7 @@ export async function startEdge(
       pushAddress = config.pushAdvertiseAddress ?? hostPort(config.pushHost, pushPort);
     }
     const handler = connectNodeAdapter({
-      routes: edgeRoutes({ clients, session, logger }),
+      routes: edgeRoutes({ clients, session, logger, onDeviceRemoved }),
       // Outermost first: every error passes the error boundary; authentication comes before
       // validation, so a caller without a valid token learns nothing about the request schema.
       interceptors: [

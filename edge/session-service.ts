@@ -18,7 +18,13 @@ import { SessionRequestSchema, SessionService } from "../gen/parley/edge/v1/sess
 import { HistoryService } from "../gen/parley/history/v1/history_service_pb.ts";
 import type { SendMessageResponse } from "../gen/parley/sender/v1/sender_service_pb.ts";
 import { SenderService } from "../gen/parley/sender/v1/sender_service_pb.ts";
-import { invalidArgument, isUnexpectedError, toParleyError, toStatus } from "../lib/errors.ts";
+import {
+  invalidArgument,
+  isUnexpectedError,
+  permissionDenied,
+  toParleyError,
+  toStatus,
+} from "../lib/errors.ts";
 import type { GrpcCallOptions } from "../lib/grpc/client.ts";
 import { validateMessage } from "../lib/grpc/validation.ts";
 import type { Logger } from "../lib/logging.ts";
@@ -118,9 +124,18 @@ export function createSessionService(options: SessionServiceOptions): ServiceImp
 
   const open = async (ctx: HandlerContext, kind: "session" | "subscribe") => {
     const caller = authenticatedCaller(ctx);
+    if (caller.registration === "unregistered") {
+      // Unary calls (RegisterDevice above all) work for such a device; a stream needs keys.
+      throw permissionDenied(
+        "DEVICE_NOT_REGISTERED",
+        `device ${caller.device.deviceId} is not registered for user ${caller.device.userId}: register it (DeviceService.RegisterDevice) before opening its stream`,
+        { metadata: { userId: caller.device.userId, deviceId: caller.device.deviceId } },
+      );
+    }
     const abortTransport = currentTransportAbort();
     const stream = await hub.open(caller.device, kind, {
       expiresAt: caller.expiresAt,
+      tokenIssuedAt: caller.issuedAt,
       ...(abortTransport === undefined ? {} : { abortTransport }),
     });
     stream.reply(readyFrame(caller.device));

@@ -15,5 +15,18 @@ export {
   readPublicKeys,
   SIGNING_ALGORITHM,
 } from "./public-keys.ts";
-export type { AuthenticatedCaller, IsDeviceActive, TokenVerifier, TokenVerifierOptions } from "./verifier.ts";
-export { AuthReason, createTokenVerifier, DEVICE_CLAIM, REQUIRED_CLAIMS } from "./verifier.ts";
+export type {
+  AuthenticatedCaller,
+  DeviceRegistration,
+  DeviceStanding,
+  IsDeviceActive,
+  TokenVerifier,
+  TokenVerifierOptions,
+} from "./verifier.ts";
+export {
+  AuthReason,
+  createTokenVerifier,
+  DEVICE_CLAIM,
+  REQUIRED_CLAIMS,
+  tokenPredates,
+} from "./verifier.ts";

@@ -236,6 +236,40 @@ describe("token verifier", () => {
       expect(isDeviceActive).toHaveBeenCalledTimes(1);
     });
 
+    it("reports the device's registration: active, unregistered (unknown), unchecked without a hook", async () => {
+      const token = `Bearer ${await sign()}`;
+      expect((await verifier().authenticate(token)).registration).toBe("unchecked");
+      expect((await verifier({ isDeviceActive: async () => true }).authenticate(token)).registration).toBe(
+        "active",
+      );
+      const active = verifier({ isDeviceActive: async () => ({ state: "active" }) });
+      expect((await active.authenticate(token)).registration).toBe("active");
+      // Never registered: unary calls (RegisterDevice) go through; streams are refused further on.
+      const unknown = verifier({ isDeviceActive: async () => ({ state: "unknown" }) });
+      expect((await unknown.authenticate(token)).registration).toBe("unregistered");
+    });
+
+    it("revokes the tokens a removed device got up to its removal, not those issued after", async () => {
+      const issuedAt = new Date((nowSeconds - 60) * 1000); // validClaims.iat
+      const removedAfter = verifier({
+        isDeviceActive: async () => ({ state: "removed", removedAt: new Date(issuedAt.getTime() + 10_000) }),
+      });
+      const err = await refusal(await sign(), removedAfter);
+      expect([err.code, err.reason]).toEqual(["unauthenticated", AuthReason.DEVICE_REVOKED]);
+      expect(err.metadata.removedAt).toBe(new Date(issuedAt.getTime() + 10_000).toISOString());
+      expect(err.message).toContain("register the device anew");
+      // iat has whole seconds: a removal in the token's second (at iat exactly) revokes it too.
+      const sameSecond = verifier({
+        isDeviceActive: async () => ({ state: "removed", removedAt: issuedAt }),
+      });
+      expect((await refusal(await sign(), sameSecond)).reason).toBe(AuthReason.DEVICE_REVOKED);
+      // A token issued after the removal belongs to whoever signs in anew: unregistered, not revoked.
+      const removedBefore = verifier({
+        isDeviceActive: async () => ({ state: "removed", removedAt: new Date(issuedAt.getTime() - 1) }),
+      });
+      expect((await removedBefore.authenticate(`Bearer ${await sign()}`)).registration).toBe("unregistered");
+    });
+
     it("fails closed, as unavailable, when the check itself fails", async () => {
       const err = await refusal(
         await sign(),

@@ -35,13 +35,30 @@ export interface AuthenticatedCaller {
   readonly issuedAt: Date;
   /** The token's `jti`, when it has one (for logs). */
   readonly tokenId: string | undefined;
+  /**
+   * What the revocation hook said of the device: `active` (registered: it may open streams),
+   * `unregistered` (never registered, or removed before this token was issued: unary calls only,
+   * RegisterDevice first), or `unchecked` (no hook is wired).
+   */
+  readonly registration: DeviceRegistration;
 }
 
+export type DeviceRegistration = "active" | "unregistered" | "unchecked";
+
+/** Where a device stands, as the revocation hook reports it (key.v1 GetDeviceStatus). */
+export type DeviceStanding =
+  | { readonly state: "active" }
+  | { readonly state: "removed"; readonly removedAt: Date }
+  | { readonly state: "unknown" };
+
 /**
- * Optional revocation hook: whether a device may still call (e.g. asks the key service whether the
- * device is active). Without it a removed device's token works until it expires.
+ * Optional revocation hook: where the calling device stands (the edge asks the key service's
+ * GetDeviceStatus, see device-check.ts). A removed device's tokens issued up to its removal are
+ * refused (DEVICE_REVOKED); an unknown device, or one removed before its token was issued, is let
+ * through as `unregistered`. `true` and `false` are short for active and "removed: refuse every
+ * token". Without a hook a removed device's token works until it expires.
  */
-export type IsDeviceActive = (device: DeviceAddress) => Promise<boolean>;
+export type IsDeviceActive = (device: DeviceAddress) => Promise<boolean | DeviceStanding>;
 
 export interface TokenVerifierOptions {
   /** Keys tokens may be signed with; a token must verify with one of them. */
@@ -113,8 +130,8 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
       );
     }
     const caller = callerOf(payload);
-    await checkDeviceActive(options.isDeviceActive, caller.device);
-    return caller;
+    const registration = await checkDeviceActive(options.isDeviceActive, caller);
+    return { ...caller, registration };
   }
 
   return {
@@ -147,7 +164,7 @@ function protectedHeader(token: string): ProtectedHeaderParameters {
   }
 }
 
-function callerOf(payload: JWTPayload): AuthenticatedCaller {
+function callerOf(payload: JWTPayload): Omit<AuthenticatedCaller, "registration"> {
   const userId = payload.sub;
   const deviceId = payload[DEVICE_CLAIM];
   if (typeof userId !== "string")
@@ -173,11 +190,14 @@ function callerOf(payload: JWTPayload): AuthenticatedCaller {
   };
 }
 
-async function checkDeviceActive(isDeviceActive: IsDeviceActive | undefined, device: DeviceAddress) {
-  if (isDeviceActive === undefined) return;
-  let active: boolean;
+async function checkDeviceActive(
+  isDeviceActive: IsDeviceActive | undefined,
+  caller: Omit<AuthenticatedCaller, "registration">,
+): Promise<DeviceRegistration> {
+  if (isDeviceActive === undefined) return "unchecked";
+  let standing: boolean | DeviceStanding;
   try {
-    active = await isDeviceActive(device);
+    standing = await isDeviceActive(caller.device);
   } catch (err) {
     if (isParleyError(err)) throw err;
     throw unavailable(
@@ -188,12 +208,31 @@ async function checkDeviceActive(isDeviceActive: IsDeviceActive | undefined, dev
       },
     );
   }
-  if (!active) {
-    throw unauthenticated(
-      AuthReason.DEVICE_REVOKED,
-      "this device was removed from its account: sign in again and register the device anew",
-    );
+  if (standing === true) return "active";
+  if (standing === false) throw deviceRevoked(undefined);
+  switch (standing.state) {
+    case "active":
+      return "active";
+    case "unknown":
+      return "unregistered";
+    case "removed":
+      // `iat` has whole seconds: a token issued in the second of the removal counts as older.
+      if (tokenPredates(caller.issuedAt, standing.removedAt)) throw deviceRevoked(standing.removedAt);
+      return "unregistered";
   }
+}
+
+/** Whether a token issued at `issuedAt` (whole seconds) may have been issued before `when`. */
+export function tokenPredates(issuedAt: Date, when: Date): boolean {
+  return issuedAt.getTime() <= when.getTime();
+}
+
+function deviceRevoked(removedAt: Date | undefined): ParleyError {
+  return unauthenticated(
+    AuthReason.DEVICE_REVOKED,
+    "this device was removed from its account, which revoked its tokens: sign in again to get a new token, then register the device anew (DeviceService.RegisterDevice)",
+    { metadata: removedAt === undefined ? {} : { removedAt: removedAt.toISOString() } },
+  );
 }
 
 function fromJoseError(err: unknown, header: ProtectedHeaderParameters): unknown {

@@ -51,6 +51,15 @@ export const Closes = {
     errorReason: "PROTOCOL_ERROR",
     message: "too many invalid frames on this stream",
   },
+  // RemoveDevice revoked the device (frames.proto: the stream ends with PERMISSION_DENIED); the
+  // SDK stops reconnecting.
+  deviceRevoked: {
+    reason: CloseReason.DEVICE_REVOKED,
+    code: "permission_denied",
+    errorReason: "DEVICE_REVOKED",
+    message:
+      "this device was removed from its account: its tokens are revoked and its undelivered messages dropped; sign in again and register the device anew",
+  },
   // frames.proto has no reason for a slow consumer; RATE_LIMITED (RESOURCE_EXHAUSTED, back off) is
   // the closest: the device reconnects a little later and resumes from its cursor.
   overloaded: {
@@ -80,6 +89,8 @@ export interface DeviceStreamOptions {
   readonly device: DeviceAddress;
   /** When the caller's token expires: the stream closes with TOKEN_EXPIRED then. */
   readonly expiresAt: Date;
+  /** When the caller's token was issued (`iat`): a removal of the device after it revokes the stream. */
+  readonly tokenIssuedAt?: Date;
   readonly heartbeatIntervalMs: number;
   readonly queueLimit: number;
   /** Invalid frames tolerated per minute before PROTOCOL_ERROR. */
@@ -119,6 +130,8 @@ export class DeviceStream {
   readonly device: DeviceAddress;
   readonly key: string;
   readonly openedAt = new Date();
+  /** When the token the stream opened with was issued (its `iat`); the opening time when unknown. */
+  readonly tokenIssuedAt: Date;
   /** The registry revision of this stream's route; undefined until assignDevice answered. */
   revision: bigint | undefined;
   /** The lease the route was assigned under (released under it: a later lease cannot). */
@@ -155,6 +168,7 @@ export class DeviceStream {
     this.kind = options.kind;
     this.device = options.device;
     this.key = deviceKey(options.device);
+    this.tokenIssuedAt = options.tokenIssuedAt ?? this.openedAt;
     this.queue = createOutboundQueue(options.queueLimit);
     this.closed = new Promise((resolve) => {
       this.resolveClosed = resolve;

@@ -1,4 +1,5 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { DeviceAddress } from "../../gen/parley/common/v1/address_pb.ts";
 import type {
   PushBatchRequest,
@@ -7,11 +8,13 @@ import type {
 import { PushOutcome } from "../../gen/parley/delivery/v1/edge_push_service_pb.ts";
 import { EdgeHostState } from "../../gen/parley/delivery/v1/registry_pb.ts";
 import type { ServerFrame } from "../../gen/parley/edge/v1/frames_pb.ts";
+import { KeyChangeKind } from "../../gen/parley/events/v1/key_events_pb.ts";
 import type { FieldViolation } from "../../lib/errors.ts";
 import { failedPrecondition, invalidArgument, isParleyError, unavailable } from "../../lib/errors.ts";
 import { VALIDATION_FAILED } from "../../lib/grpc/validation.ts";
 import type { Logger } from "../../lib/logging.ts";
 import type { HostLease } from "../../lib/registry/registry.ts";
+import { tokenPredates } from "../auth/verifier.ts";
 import type { CloseSpec, StreamKind } from "./device-stream.ts";
 import { Closes, DeviceStream, deviceKey, shutdownClose } from "./device-stream.ts";
 import type { PresenceReporter } from "./presence-reporter.ts";
@@ -31,6 +34,12 @@ export interface StreamHubOptions {
   readonly presence: PresenceReporter;
   readonly limits: StreamLimits;
   readonly logger: Logger;
+  /**
+   * A pushed KeyChanged DEVICE_REMOVED named `device` (removed at `removedAt`): called once per
+   * such item, after the batch is queued (the edge drops the device from its revocation cache).
+   * The hub itself revokes the device's stream here, if it has one (see `revoke`).
+   */
+  readonly onDeviceRemoved?: (device: DeviceAddress, removedAt: Date) => void;
 }
 
 export type PushBatchResponseInit = MessageInitShape<typeof PushBatchResponseSchema>;
@@ -66,9 +75,19 @@ export interface StreamHub {
   open(
     device: DeviceAddress,
     kind: StreamKind,
-    options: { readonly expiresAt: Date; readonly abortTransport?: () => void },
+    options: {
+      readonly expiresAt: Date;
+      readonly tokenIssuedAt?: Date;
+      readonly abortTransport?: () => void;
+    },
   ): Promise<DeviceStream>;
   get(device: DeviceAddress): DeviceStream | undefined;
+  /**
+   * The device was removed at `removedAt`: its live stream here, if opened with a token issued up
+   * to then, is closed with CLOSE_REASON_DEVICE_REVOKED (frames already queued are written first).
+   * A stream of the device id registered anew (a newer token) is left alone. True if one closed.
+   */
+  revoke(device: DeviceAddress, removedAt: Date): boolean;
   streams(): DeviceStream[];
   /** A heartbeat: the user is active or idle; refreshes presence. */
   heartbeat(stream: DeviceStream, idle: boolean): void;
@@ -146,6 +165,7 @@ export function createStreamHub(options: StreamHubOptions): StreamHub {
         kind,
         device,
         expiresAt: streamOptions.expiresAt,
+        ...(streamOptions.tokenIssuedAt === undefined ? {} : { tokenIssuedAt: streamOptions.tokenIssuedAt }),
         heartbeatIntervalMs: limits.heartbeatIntervalMs,
         queueLimit: limits.queueLimit,
         maxBadFramesPerMinute: limits.maxBadFramesPerMinute,
@@ -190,6 +210,19 @@ export function createStreamHub(options: StreamHubOptions): StreamHub {
 
     get(device) {
       return live.get(deviceKey(device));
+    },
+
+    revoke(device, removedAt) {
+      const stream = live.get(deviceKey(device));
+      if (stream === undefined || stream.isClosed || !tokenPredates(stream.tokenIssuedAt, removedAt)) {
+        return false;
+      }
+      logger.info(
+        { stream_id: stream.id, user_id: device.userId, device_id: device.deviceId },
+        "device removed: stream revoked",
+      );
+      stream.close(Closes.deviceRevoked);
+      return true;
     },
 
     streams() {
@@ -286,6 +319,18 @@ export function createStreamHub(options: StreamHubOptions): StreamHub {
         results,
         hostState: draining === undefined ? EdgeHostState.SERVING : EdgeHostState.DRAINING,
       };
+      // Removals after the batch is queued: a removed device's own stream gets its KeyChanged,
+      // then its Close.
+      for (const item of request.items) {
+        const payload = item.payload;
+        if (payload.case !== "keyChanged" || payload.value.kind !== KeyChangeKind.DEVICE_REMOVED) continue;
+        const removed = payload.value.device;
+        const at = payload.value.effectiveAt;
+        if (removed === undefined || at === undefined) continue;
+        const removedAt = timestampDate(at);
+        hub.revoke(removed, removedAt);
+        options.onDeviceRemoved?.(removed, removedAt);
+      }
       answered.set(request.batchId, response);
       if (answered.size > REMEMBERED_BATCHES) {
         const oldest = answered.keys().next();

@@ -13,6 +13,7 @@ import {
   MemberRole,
   MembershipChangedSchema,
 } from "../../gen/parley/events/v1/connection_events_pb.ts";
+import { KeyChangedSchema, KeyChangeKind } from "../../gen/parley/events/v1/key_events_pb.ts";
 import type { MessageStored, ResendRequested } from "../../gen/parley/events/v1/message_events_pb.ts";
 import {
   MessageAcceptedSchema,
@@ -192,6 +193,32 @@ describe("history service over gRPC", () => {
     // Resuming after the last cursor: nothing, and the cursor comes back.
     const after = await client.sync({ device: phone("bob"), cursor });
     expect([after.items.length, after.more, bytes(after.nextCursor)]).toEqual([0, false, cursor]);
+  });
+
+  it("drops a device's inbox when chat.keys says it was removed, and only that device's", async () => {
+    const publishKeyChanged = (device: { userId: string; deviceId: string }, kind: KeyChangeKind) =>
+      broker.publish(Topics.keys, {
+        key: device.userId,
+        payload: toBinary(
+          KeyChangedSchema,
+          create(KeyChangedSchema, {
+            eventId: uuidv7(),
+            device,
+            kind,
+            keyVersion: 2n,
+            effectiveAt: timestampFromDate(new Date()),
+          }),
+        ),
+      });
+    expect((await client.sync({ device: phone("bob") })).items).toHaveLength(5);
+    // Other kinds change nothing.
+    await publishKeyChanged(phone("bob"), KeyChangeKind.IDENTITY_ROTATED);
+    await publishKeyChanged(phone("bob"), KeyChangeKind.DEVICE_REMOVED);
+    await waitFor(
+      async () => (await client.sync({ device: phone("bob") })).items.length === 0,
+      "bob's inbox dropped",
+    );
+    expect((await client.sync({ device: phone("carol") })).items).toHaveLength(5);
   });
 
   it("refuses another device's cursor with INVALID_CURSOR", async () => {

@@ -7,6 +7,7 @@ import type { OutboxRelay } from "../../lib/outbox.ts";
 import { startOutboxRelay } from "../../lib/outbox.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
 import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
+import { startKeyConsumer } from "./adapters/broker/key-consumer.ts";
 import { startMessageConsumer } from "./adapters/broker/message-consumer.ts";
 import { createTokenBucketRateLimiter } from "./adapters/memory/token-bucket.ts";
 import type { RetentionSweep } from "./adapters/sqlite/retention-sweep.ts";
@@ -23,7 +24,7 @@ export const HISTORY_DEFAULT_PORT = 7104;
 export interface HistoryServiceOptions {
   /** The SQLite file (`<dataDir>/parley.db`, shared with other services' tables), or ":memory:". */
   readonly dbPath: string;
-  /** Where MessageAccepted comes from, MessageStored / ReceiptRecorded / ResendRequested go, and memberships are followed. */
+  /** Where MessageAccepted (and KeyChanged: removed devices) comes from, MessageStored / ReceiptRecorded / ResendRequested go, and memberships are followed. */
   readonly broker: Broker;
   readonly logger: Logger;
   /** How long messages, inbox items and receipts are kept after accepted_at. Default 30 days. */
@@ -87,6 +88,10 @@ export async function createHistoryService(options: HistoryServiceOptions): Prom
       ...(options.redeliveryDelayMs === undefined ? {} : { redeliveryDelayMs: options.redeliveryDelayMs }),
     });
     started.push(consumer);
+    // A removed device's inbox goes with it (KeyChanged DEVICE_REMOVED on `chat.keys`).
+    started.push(
+      await startKeyConsumer({ broker: options.broker, deviceRemoved: history.deviceRemoved, logger }),
+    );
     const retention = startRetentionSweep(store, {
       logger,
       ...(options.sweepIntervalMs === undefined ? {} : { intervalMs: options.sweepIntervalMs }),

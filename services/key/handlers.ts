@@ -6,11 +6,18 @@ import type {
   DeviceSchema,
   PrekeyBundleSchema,
 } from "../../gen/parley/key/v1/key_pb.ts";
-import type { KeyService } from "../../gen/parley/key/v1/key_service_pb.ts";
+import type { GetDeviceStatusResponseSchema, KeyService } from "../../gen/parley/key/v1/key_service_pb.ts";
+import { DeviceStatus as DeviceStatusCode } from "../../gen/parley/key/v1/key_service_pb.ts";
 import { invalidArgument } from "../../lib/errors.ts";
 import type { GrpcServiceImplementation } from "../../lib/grpc/service-definition.ts";
 import type { DeviceIdentityView, DeviceView, KeyDomain } from "./domain/keys.ts";
-import type { DeviceAddress, OneTimePrekey, PrekeyBundle, SignedPrekey } from "./domain/model.ts";
+import type {
+  DeviceAddress,
+  DeviceStatus,
+  OneTimePrekey,
+  PrekeyBundle,
+  SignedPrekey,
+} from "./domain/model.ts";
 
 /** The W3C traceparent of the running call, for the events it writes ("" when not traced). */
 export function currentTraceparent(): string {
@@ -86,6 +93,25 @@ function toBundle(bundle: PrekeyBundle): MessageInitShape<typeof PrekeyBundleSch
   };
 }
 
+function toDeviceStatus(status: DeviceStatus): MessageInitShape<typeof GetDeviceStatusResponseSchema> {
+  switch (status.state) {
+    case "active":
+      return {
+        status: DeviceStatusCode.ACTIVE,
+        registeredAt: timestampFromDate(status.registeredAt),
+        keyVersion: BigInt(status.keyVersion),
+      };
+    case "removed":
+      return {
+        status: DeviceStatusCode.REMOVED,
+        removedAt: timestampFromDate(status.removedAt),
+        keyVersion: BigInt(status.keyVersion),
+      };
+    case "unknown":
+      return { status: DeviceStatusCode.UNKNOWN };
+  }
+}
+
 /** The key service's RPC handlers: protobuf in, domain calls, protobuf out. */
 export function createKeyHandlers(keys: KeyDomain): GrpcServiceImplementation<typeof KeyService> {
   return {
@@ -113,6 +139,10 @@ export function createKeyHandlers(keys: KeyDomain): GrpcServiceImplementation<ty
         currentTraceparent(),
       );
       return { removedAt: timestampFromDate(removed.removedAt) };
+    },
+
+    async getDeviceStatus(request) {
+      return toDeviceStatus(await keys.deviceStatus(address(request.device)));
     },
 
     async uploadOneTimePrekeys(request) {

@@ -7,7 +7,7 @@ import {
 } from "../../gen/parley/events/v1/connection_events_pb.ts";
 import type { KeyChanged } from "../../gen/parley/events/v1/key_events_pb.ts";
 import { KeyChangedSchema, KeyChangeKind } from "../../gen/parley/events/v1/key_events_pb.ts";
-import { KeyService } from "../../gen/parley/key/v1/key_service_pb.ts";
+import { DeviceStatus, KeyService } from "../../gen/parley/key/v1/key_service_pb.ts";
 import type { Subscription } from "../../lib/broker/broker.ts";
 import { Topics } from "../../lib/broker/broker.ts";
 import type { EmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
@@ -158,6 +158,37 @@ describe("key service over gRPC", () => {
     expect(await key.keys.deviceStatus({ userId: "alice", deviceId: "d1" })).toMatchObject({
       state: "removed",
     });
+  });
+
+  it("answers GetDeviceStatus: active (since when), removed (since when) or unknown", async () => {
+    const registered = await register("alice", "phone");
+    const active = await client.getDeviceStatus({ device: { userId: "alice", deviceId: "phone" } });
+    expect(active.status).toBe(DeviceStatus.ACTIVE);
+    expect(active.registeredAt).toEqual(registered.device?.createdAt);
+    expect(active.removedAt).toBeUndefined();
+    expect(active.keyVersion).toBe(1n);
+
+    const removed = await client.removeDevice({ userId: "alice", deviceId: "phone" });
+    const revoked = await client.getDeviceStatus({ device: { userId: "alice", deviceId: "phone" } });
+    expect(revoked.status).toBe(DeviceStatus.REMOVED);
+    expect(revoked.removedAt).toEqual(removed.removedAt);
+    expect(revoked.registeredAt).toBeUndefined();
+    expect(revoked.keyVersion).toBe(2n);
+
+    // Another user's device of the same id is another device.
+    const unknown = await client.getDeviceStatus({ device: { userId: "bob", deviceId: "phone" } });
+    expect(unknown.status).toBe(DeviceStatus.UNKNOWN);
+    expect(unknown.keyVersion).toBe(0n);
+
+    await register("alice", "phone");
+    expect((await client.getDeviceStatus({ device: { userId: "alice", deviceId: "phone" } })).status).toBe(
+      DeviceStatus.ACTIVE,
+    );
+    await expectGrpcError(
+      client.getDeviceStatus({ device: { userId: "alice", deviceId: "bad/id" } }),
+      "invalid_argument",
+      "VALIDATION_FAILED",
+    );
   });
 
   it("lets connections claim bundles once membership arrives on the broker", async () => {

@@ -44,7 +44,7 @@ export interface KeyServiceOptions {
 
 export interface KeyServiceParts {
   readonly registrations: GrpcServiceRegistration[];
-  /** The use cases, for in-process callers and tests (`deviceStatus` for the edge's revocation check). */
+  /** The use cases, for in-process callers and tests (the edge asks `deviceStatus` through GetDeviceStatus). */
   readonly keys: KeyDomain;
   readonly store: KeyStore;
   /** Stops following the broker, publishes what the outbox holds, then closes the store if it opened it. */

@@ -295,6 +295,20 @@ describe("receipts, keys, prekeys, contacts, memberships, renames, resends", () 
     );
     // erin's only contact is dave: nobody else learns about her devices.
     expect(Object.values(pushedTo(harness.pusher.calls)).flat()).toEqual(["dave/phone"]);
+
+    harness.pusher.calls.length = 0;
+    await fanOut.keyChanged(
+      create(KeyChangedSchema, {
+        eventId: "0190e8f4-1c7b-7000-8000-000000000105",
+        device: { userId: "alice", deviceId: "laptop" },
+        kind: KeyChangeKind.DEVICE_REMOVED,
+        keyVersion: 2n,
+        effectiveAt: timestampFromMs(1),
+      }),
+    );
+    // A removal reaches the removed device too (its edge revokes its stream).
+    expect(Object.values(pushedTo(harness.pusher.calls)).flat()).toContain("alice/laptop");
+    expect(Object.values(pushedTo(harness.pusher.calls)).flat()).toContain("alice/phone");
   });
 
   it("pushes prekeys-low to that device only", async () => {

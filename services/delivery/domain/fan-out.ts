@@ -7,6 +7,7 @@ import type {
 } from "../../../gen/parley/events/v1/connection_events_pb.ts";
 import { MemberChangeKind } from "../../../gen/parley/events/v1/connection_events_pb.ts";
 import type { KeyChanged, PrekeysLow } from "../../../gen/parley/events/v1/key_events_pb.ts";
+import { KeyChangeKind } from "../../../gen/parley/events/v1/key_events_pb.ts";
 import type { MessageStored, ResendRequested } from "../../../gen/parley/events/v1/message_events_pb.ts";
 import type { PresenceChanged, TypingChanged } from "../../../gen/parley/events/v1/presence_events_pb.ts";
 import type { ReceiptRecorded } from "../../../gen/parley/events/v1/receipt_events_pb.ts";
@@ -37,7 +38,7 @@ export interface FanOut {
   messageStored(event: MessageStored): Promise<FanOutResult>;
   /** The connected devices of the users the receipt names, except the reader device. */
   receiptRecorded(event: ReceiptRecorded): Promise<FanOutResult>;
-  /** The owner's accepted contacts and fellow members, and the owner's other devices. */
+  /** The owner's accepted contacts and fellow members, and the owner's other devices (all of them for a removal). */
   keyChanged(event: KeyChanged): Promise<FanOutResult>;
   /** That one device. */
   prekeysLow(event: PrekeysLow): Promise<FanOutResult>;
@@ -126,9 +127,12 @@ export function createFanOut(options: FanOutOptions): FanOut {
       if (event.device === undefined) return { dropped: "no device" };
       const owner = event.device.userId;
       const users = [owner, ...fellowMembers(conversations, owner)];
+      // A removed device gets its own removal too: the edge holding its stream closes it with
+      // CLOSE_REASON_DEVICE_REVOKED (any other change is news to everyone but that device).
+      const except = event.kind === KeyChangeKind.DEVICE_REMOVED ? undefined : ref(event.device);
       return one(
         durable(`k:${event.eventId}`, "key_changed"),
-        devicesOf(users, ref(event.device)),
+        devicesOf(users, except),
         { case: "keyChanged", value: event },
         event.traceparent,
       );

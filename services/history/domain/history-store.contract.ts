@@ -487,6 +487,48 @@ export function describeHistoryStoreContract(name: string, makeStore: MakeHistor
       ]);
     });
 
+    it("drops a removed device's inbox, keeps what came after, and gives late messages no item for it", async () => {
+      const c = conversation();
+      const alice = dev("alice");
+      const bobPhone = dev("bob");
+      const bobLaptop = dev("bob", "laptop");
+      await put({ conversationId: c, sender: alice, to: [bobPhone, bobLaptop], acceptedAt: 1 });
+      await put({ conversationId: c, sender: alice, to: [bobPhone, bobLaptop], acceptedAt: 2 });
+      await mark(bobLaptop, c, "read", { upToSeq: 1 }, 3); // a receipt in bob/phone's inbox
+      expect(seqsIn((await inbox(bobPhone, 0, 1000, at(4))).items)).toEqual([1, 2, "r1"]);
+
+      // Removed at 5 s: the inbox goes (messages and receipts), the other device keeps its own.
+      expect(await store.dropDevice({ device: bobPhone, removedAt: at(5) })).toBe(3);
+      const dropped = await inbox(bobPhone, 0, 1000, at(6));
+      expect(dropped.items).toEqual([]);
+      expect(dropped.lastPosition).toBe(3); // positions only grow: cursors stay valid
+      expect(seqsIn((await inbox(bobLaptop, 0, 1000, at(6))).items)).toEqual([2]);
+      // Idempotent, and an older removal never moves the mark back.
+      expect(await store.dropDevice({ device: bobPhone, removedAt: at(5) })).toBe(0);
+      await store.dropDevice({ device: bobPhone, removedAt: at(0) });
+
+      // Accepted before the removal, stored after it (a late delivery): no item, no target for it.
+      const late = await store.storeMessage(
+        input({ conversationId: c, sender: alice, to: [bobPhone, bobLaptop], acceptedAt: 4 }),
+        (a) => [assignedEvent(a)],
+      );
+      expect(late).toEqual({ outcome: "stored", seq: 3 });
+      const stored = (await pending("test.stored")).at(-1);
+      expect(stored?.targets).toEqual([["bob", "laptop", 3, null]]);
+      expect((await inbox(bobPhone, 0, 1000, at(6))).items).toEqual([]);
+      // Receipts skip it too.
+      await mark(bobLaptop, c, "read", { upToSeq: 3 }, 7);
+      expect((await inbox(bobPhone, 0, 1000, at(8))).items).toEqual([]);
+
+      // Registered anew: messages accepted after the removal reach it, and so do receipts.
+      await put({ conversationId: c, sender: alice, to: [bobPhone, bobLaptop], acceptedAt: 9 });
+      await mark(bobLaptop, c, "read", { upToSeq: 4 }, 10);
+      expect(seqsIn((await inbox(bobPhone, 3, 1000, at(11))).items)).toEqual([4, "r4"]);
+      // A late removal event of the earlier registration leaves the new one's inbox alone.
+      expect(await store.dropDevice({ device: bobPhone, removedAt: at(5) })).toBe(1);
+      expect(seqsIn((await inbox(bobPhone, 3, 1000, at(11))).items)).toEqual([4]);
+    });
+
     it("reports receipts per message and finds messages addressed to a device", async () => {
       const c = conversation();
       const messageId = uuidv7();

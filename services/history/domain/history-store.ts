@@ -35,7 +35,8 @@ export interface HistoryStore {
    *   client message id) is, nothing is written and the stored message's seq is returned
    *   (`duplicate`): its events were appended when it was stored, in the same step;
    * - otherwise it assigns the conversation's next seq (last + 1: contiguous, never reused, even
-   *   after messages expire), stores the message, one inbox item per target at the target device's
+   *   after messages expire), stores the message, one inbox item per target (except a device
+   *   removed at or after the message's accepted_at, see `dropDevice`) at the target device's
    *   next inbox position (positions only grow, so no item is ever placed before a position
    *   already handed out), one receipt row per recipient user, then appends `events(assigned)`.
    *   If `events` throws, nothing is stored and no seq is used.
@@ -128,6 +129,17 @@ export interface HistoryStore {
     readonly device: DeviceRef;
     readonly now: Date;
   }): Promise<{ readonly message: StoredMessage; readonly addressed: boolean } | undefined>;
+
+  /**
+   * The device was removed at `removedAt` (key's KeyChanged DEVICE_REMOVED), in one step:
+   * 1. drops its inbox: every receipt item, and every message item except those of messages
+   *    accepted after `removedAt` (those can only be for the device id registered anew);
+   * 2. remembers the removal (a later one moves it forward, an earlier one never back), so a
+   *    message accepted up to then but stored later gets no inbox item (nor target) for the
+   *    device, and receipts skip the device until it is seen again after the removal.
+   * The position counter stays (positions only grow). Idempotent. Returns the inbox items dropped.
+   */
+  dropDevice(input: { readonly device: DeviceRef; readonly removedAt: Date }): Promise<number>;
 
   /** Appends events with no other change (requests that store nothing, like RequestResend). */
   appendEvents(events: readonly OutboxEvent[]): Promise<void>;

@@ -384,8 +384,18 @@ export function createHistory(deps: HistoryDeps) {
     changed();
   }
 
+  /**
+   * KeyChanged DEVICE_REMOVED: the device's undelivered inbox is dropped (its keys are gone, so
+   * nothing in it could be decrypted by a device registered under the same id), and messages
+   * accepted before the removal that arrive late get no inbox item for it. Idempotent.
+   */
+  async function deviceRemoved(device: DeviceRef, removedAt: Date): Promise<number> {
+    return store.dropDevice({ device: { userId: device.userId, deviceId: device.deviceId }, removedAt });
+  }
+
   return {
     ingest,
+    deviceRemoved,
     sync,
     listMessages,
     markDelivered: (command: MarkCommand) => mark("delivered", command),

@@ -73,7 +73,7 @@ export interface KeyDomain {
     pageToken: string,
   ): Promise<{ readonly devices: readonly DeviceView[]; readonly nextPageToken: string }>;
   removeDevice(address: DeviceAddress, traceparent: string): Promise<{ readonly removedAt: Date }>;
-  /** Cheap revocation check for the edge (key.v1 has no RPC for it yet): active, removed or unknown. */
+  /** Cheap revocation check for the edge (key.v1 GetDeviceStatus): active, removed or unknown. */
   deviceStatus(address: DeviceAddress): Promise<DeviceStatus>;
   uploadOneTimePrekeys(address: DeviceAddress, prekeys: readonly OneTimePrekey[]): Promise<number>;
   getPrekeyCount(address: DeviceAddress): Promise<PrekeyCount>;

@@ -339,6 +339,11 @@ export const SessionService: GenService<{
   /**
    * The device's live connection: client frames up, server frames down. One live stream per
    * device: opening a second closes the first with CLOSE_REASON_REPLACED, losing nothing.
+   * Only a registered device has a stream. Errors when it opens: PERMISSION_DENIED (reason
+   * DEVICE_NOT_REGISTERED) for a device never registered, or removed before the token was issued:
+   * call DeviceService.RegisterDevice first; UNAUTHENTICATED (reason DEVICE_REVOKED) for a token of
+   * a device removed since it was issued: sign in again. Removing the device closes its stream with
+   * CLOSE_REASON_DEVICE_REVOKED. Do not retry either without acting first.
    *
    * @generated from rpc parley.edge.v1.SessionService.Session
    */
@@ -348,7 +353,8 @@ export const SessionService: GenService<{
     output: typeof SessionResponseSchema;
   },
   /**
-   * Server frames only, for clients without bidirectional streaming. Counts as the device's stream.
+   * Server frames only, for clients without bidirectional streaming. Counts as the device's stream,
+   * with the same errors as Session.
    *
    * @generated from rpc parley.edge.v1.SessionService.Subscribe
    */

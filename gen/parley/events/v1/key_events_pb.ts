@@ -20,11 +20,13 @@ export const file_parley_events_v1_key_events: GenFile = /*@__PURE__*/
 
 /**
  * A user's device list or a device's keys changed. Delivery pushes it to the connected devices of
- * the owner's accepted contacts and fellow group members, and to the owner's other devices.
+ * the owner's accepted contacts and fellow group members, and to the owner's other devices (a
+ * removal also to the removed device, whose edge then closes its stream as revoked).
  * Devices that are offline learn it when they next fetch prekey bundles or when a send fails on a
  * stale device list.
  *
- * Producer: key. Consumer: delivery. Topic: `chat.keys` (persistent).
+ * Producer: key. Consumers: delivery; history (DEVICE_REMOVED drops the device's inbox). Topic:
+ * `chat.keys` (persistent).
  * Pulsar key = user_id (device.user_id), so one user's changes arrive in order.
  * Idempotency: event_id; `key_version` orders changes of one device (ignore a lower one).
  *

@@ -93,4 +93,7 @@ export const HISTORY_MIGRATIONS: readonly string[] = [
      read_moved_at INTEGER,
      PRIMARY KEY (conversation_id, user_id)
    ) WITHOUT ROWID;`,
+  `-- When the device was last removed (KeyChanged DEVICE_REMOVED), NULL when never: its inbox was
+   -- dropped then, and messages accepted up to then get no inbox item for it.
+   ALTER TABLE history_devices ADD COLUMN removed_at INTEGER;`,
 ];

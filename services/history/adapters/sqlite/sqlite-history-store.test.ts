@@ -95,6 +95,7 @@ describe("sqlite history store", () => {
     expect(db.prepare("SELECT COUNT(*) AS n FROM history_messages").get()).toEqual({ n: 1 });
     expect(db.prepare("SELECT owner, version FROM schema_migrations").all()).toEqual([
       { owner: "history", version: 1 },
+      { owner: "history", version: 2 },
     ]);
     db.close();
   });

@@ -262,7 +262,11 @@ export function createSqliteHistoryStore(options: SqliteHistoryStoreOptions): Hi
         );
         touchDevice(m.sender, storedAt);
         const targets: AssignedMessage["targets"][number][] = [];
+        const acceptedAt = m.acceptedAt.getTime();
         for (const target of input.targets) {
+          // Accepted before its device was removed, stored after: the inbox was dropped already.
+          const removed = q.removedAt.get(target.device.userId, target.device.deviceId) as Row | undefined;
+          if (removed?.removed_at != null && acceptedAt <= Number(removed.removed_at)) continue;
           const position = bumpPosition(target.device, storedAt);
           q.insertTarget.run(
             m.conversationId,
@@ -371,6 +375,14 @@ export function createSqliteHistoryStore(options: SqliteHistoryStoreOptions): Hi
       return { message, addressed: target !== undefined };
     },
 
+    async dropDevice({ device, removedAt }) {
+      const at = removedAt.getTime();
+      return inTransaction(db, () => {
+        q.markRemoved.run(device.userId, device.deviceId, at, at);
+        return Number(q.dropInbox.run(device.userId, device.deviceId, at).changes);
+      });
+    },
+
     async appendEvents(events) {
       if (events.length === 0) return;
       inTransaction(db, () => {
@@ -461,8 +473,23 @@ function statements(db: DatabaseSync) {
        ON CONFLICT (user_id, device_id) DO UPDATE SET last_seen_at = MAX(last_seen_at, ?)`,
     ),
     lastPosition: db.prepare("SELECT last_position FROM history_devices WHERE user_id = ? AND device_id = ?"),
+    // A removed device counts again once seen after its removal (registered anew).
     knownDevices: db.prepare(
-      "SELECT device_id, last_seen_at FROM history_devices WHERE user_id = ? AND last_seen_at >= ? ORDER BY device_id",
+      `SELECT device_id, last_seen_at FROM history_devices
+       WHERE user_id = ? AND last_seen_at >= ? AND (removed_at IS NULL OR last_seen_at > removed_at)
+       ORDER BY device_id`,
+    ),
+    removedAt: db.prepare("SELECT removed_at FROM history_devices WHERE user_id = ? AND device_id = ?"),
+    markRemoved: db.prepare(
+      `INSERT INTO history_devices (user_id, device_id, last_position, last_seen_at, removed_at) VALUES (?, ?, 0, 0, ?)
+       ON CONFLICT (user_id, device_id) DO UPDATE SET removed_at = MAX(COALESCE(removed_at, 0), ?)`,
+    ),
+    // Receipts and messages accepted up to the removal (or no longer stored) go; later ones stay.
+    dropInbox: db.prepare(
+      `DELETE FROM history_inbox AS i
+       WHERE i.user_id = ? AND i.device_id = ? AND NOT EXISTS (
+         SELECT 1 FROM history_messages m
+         WHERE i.seq IS NOT NULL AND m.conversation_id = i.conversation_id AND m.seq = i.seq AND m.accepted_at > ?)`,
     ),
     messageById: db.prepare(`SELECT ${messageColumns} FROM history_messages m WHERE m.message_id = ?`),
     messageByClientId: db.prepare(
