@@ -1,5 +1,7 @@
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { createKeyServiceDeviceCheck } from "../../edge/auth/device-check.ts";
+import type { EdgeConfig } from "../../edge/config.ts";
 import { devIssuerAuthConfig, loadEdgeConfig } from "../../edge/config.ts";
 import { startEdge } from "../../edge/server.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
@@ -21,6 +23,10 @@ export interface EmbeddedMeshOptions {
   /** 0 picks a free port (tests); `npm start` uses 8080. */
   readonly edgePort: number;
   readonly logger: Logger;
+  /** Edge settings over the defaults (tests: a short heartbeat interval, a small stream queue). */
+  readonly edge?: Partial<
+    Pick<EdgeConfig, "heartbeatIntervalMs" | "streamQueueLimit" | "drainTimeoutMs" | "leaseTtlMs">
+  >;
 }
 
 export interface EmbeddedMesh {
@@ -92,11 +98,16 @@ export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<E
     track("delivery-parts", () => delivery.stop());
     await serve("delivery", delivery.registrations);
 
+    // The edge's revocation check (key.v1 GetDeviceStatus): streams open only for registered
+    // devices, and a removed device's tokens are refused. Its channel closes after the edge.
+    const deviceCheck = createKeyServiceDeviceCheck(keyAddress);
+    track("edge-device-check", async () => deviceCheck.close());
     const edge = await startEdge(
       {
         // Every edge variable at its default (heartbeat, queue limit, drain, lease TTL...), then
         // what this profile decides: where to listen, the push port picked by the OS, the peers.
         ...loadEdgeConfig({}),
+        ...options.edge,
         host: options.edgeHost,
         port: options.edgePort,
         pushHost: "127.0.0.1",
@@ -109,7 +120,7 @@ export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<E
         ...devIssuerAuthConfig(dataDir),
       },
       options.logger.child({ service: "edge" }),
-      { registry },
+      { registry, isDeviceActive: deviceCheck.isDeviceActive },
     );
     started.push({ name: "edge", address: edge.url, stop: edge.stop });
     return { edgeUrl: edge.url, internal, stop: stopAll };
