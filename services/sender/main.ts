@@ -13,7 +13,12 @@ await runProcess("sender", async (logger) => {
     keyAddress: stringVar("PARLEY_KEY_ADDRESS", { default: "127.0.0.1:7102" }),
   });
   const broker = await createEmbeddedBroker({ path: join(config.dataDir, "broker.db") });
-  const sender = await createSenderService({ broker, keyAddress: config.keyAddress, logger });
+  const sender = await createSenderService({
+    broker,
+    keyAddress: config.keyAddress,
+    logger,
+    idempotencyPath: join(config.dataDir, "parley.db"),
+  });
   const server = await startGrpcService({
     name: "sender",
     host: config.host,

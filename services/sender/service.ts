@@ -13,6 +13,7 @@ import { createAcceptedMessagePublisher } from "./adapters/broker/accepted-messa
 import { createKeyServiceDeviceDirectory } from "./adapters/key-service/device-directory.ts";
 import { createMemoryIdempotencyStore } from "./adapters/memory/idempotency-store.ts";
 import { createTokenBucketRateLimiter } from "./adapters/memory/token-bucket-rate-limiter.ts";
+import { createSqliteIdempotencyStore } from "./adapters/sqlite/sqlite-idempotency-store.ts";
 import type { SenderMetrics } from "./domain/ports.ts";
 import { createSendMessage } from "./domain/send-message.ts";
 import { createSenderHandlers } from "./handlers.ts";
@@ -27,6 +28,11 @@ export interface SenderServiceOptions {
   readonly logger: Logger;
   /** Per-device send rate: burst, then this many per second. Defaults 50 and 20. */
   readonly rateLimit?: { readonly burst: number; readonly perSecond: number };
+  /**
+   * SQLite file for idempotency keys (the embedded profile's durable stand-in for Redis), so a
+   * retry after a crash gets the first id. Without it the keys live in memory only.
+   */
+  readonly idempotencyPath?: string;
 }
 
 export interface SenderServiceParts {
@@ -36,14 +42,18 @@ export interface SenderServiceParts {
 
 /**
  * The sender with its in-process adapters (embedded profile): a membership and block view fed
- * from the broker, device lists from the key service, idempotency keys and rate limits in memory.
+ * from the broker, device lists from the key service, idempotency keys in SQLite (or memory), rate
+ * limits in memory.
  */
 export async function createSenderService(options: SenderServiceOptions): Promise<SenderServiceParts> {
   const view = new ConversationView();
   const feeds = await feedConversationView(options.broker, view, options.logger);
   const keys = createGrpcClient(KeyService, options.keyAddress);
   const devices = await createKeyServiceDeviceDirectory({ keys, broker: options.broker });
-  const idempotency = createMemoryIdempotencyStore();
+  const idempotency =
+    options.idempotencyPath === undefined
+      ? createMemoryIdempotencyStore()
+      : createSqliteIdempotencyStore({ path: options.idempotencyPath });
   const rateLimiter = createTokenBucketRateLimiter(options.rateLimit ?? { burst: 50, perSecond: 20 });
   const sendMessage = createSendMessage({
     conversations: view,

@@ -87,7 +87,12 @@ export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<E
     track("connection-parts", () => connection.stop());
     await serve("connection", connection.registrations);
 
-    const sender = await createSenderService({ broker, keyAddress, logger: options.logger });
+    const sender = await createSenderService({
+      broker,
+      keyAddress,
+      logger: options.logger,
+      idempotencyPath: storePath,
+    });
     track("sender-parts", () => sender.stop());
     await serve("sender", sender.registrations);
 

@@ -18,16 +18,25 @@ export interface AcceptedRecord {
   /** SHA-256 of the request's content (conversation and envelope), to tell a retry from a reuse. */
   readonly contentDigest: string;
   readonly acceptedAt: Date;
+  /**
+   * False from the reservation until the broker confirmed the publish: a retry that finds an
+   * unconfirmed record publishes again under the same message id (history stores it once).
+   */
+  readonly published: boolean;
 }
 
 /**
- * Idempotency keys (Redis in the cluster, in-process in the embedded profile). Losing them is
- * tolerated: history also deduplicates by the idempotency key, so a lost key costs at worst a
- * message that clients hide by id, never a lost message.
+ * Idempotency keys (Redis in the cluster; SQLite or memory in the embedded profile). The id is
+ * reserved before the message is published, so a retry after any crash answers the first id.
+ * Losing the keys (a Redis flush) is tolerated: history also deduplicates by the idempotency key,
+ * so it costs at worst a new id for a message stored once, never a lost or doubled message.
  */
 export interface IdempotencyStore {
   get(key: string): Promise<AcceptedRecord | undefined>;
-  put(key: string, record: AcceptedRecord): Promise<void>;
+  /** Stores `record` unless the key already has one; resolves to the record the key now holds. */
+  reserve(key: string, record: AcceptedRecord): Promise<AcceptedRecord>;
+  /** The broker holds the message: retries answer without publishing again. */
+  markPublished(key: string): Promise<void>;
 }
 
 /** Per-device send rate limit. */

@@ -127,6 +127,64 @@ describe("sending", () => {
     expect(published).toHaveLength(1);
   });
 
+  it("publishes a failed send again under the same id when the client retries", async () => {
+    const idempotency = createMemoryIdempotencyStore();
+    let failNext = true;
+    const attempts: AcceptedMessage[] = [];
+    const flaky = createSendMessage({
+      conversations: view,
+      devices: deviceDirectory,
+      idempotency,
+      rateLimiter: createTokenBucketRateLimiter({ burst: 5, perSecond: 1, now: () => 0 }),
+      publisher: {
+        async publish(message) {
+          attempts.push(message);
+          if (failNext) {
+            failNext = false;
+            throw new Error("broker unreachable");
+          }
+        },
+      },
+      metrics: { blockedSenderDrop: () => {}, rateLimited: () => {} },
+      newMessageId: () => `m-${++ids}`,
+    });
+    await expect(flaky(command())).rejects.toThrow("broker unreachable");
+    const retried = await flaky(command());
+    expect(attempts.map((m) => m.messageId)).toEqual(["m-1", "m-1"]);
+    expect(retried).toMatchObject({ messageId: "m-1", duplicate: true });
+    expect(await flaky(command())).toMatchObject({ messageId: "m-1", duplicate: true });
+    expect(attempts).toHaveLength(2);
+  });
+
+  it("after a restart, a retry gets the id reserved before the crash, and other content is refused", async () => {
+    const idempotency = createMemoryIdempotencyStore();
+    const senderWith = (publish: (m: AcceptedMessage) => Promise<void>, newMessageId: () => string) =>
+      createSendMessage({
+        conversations: view,
+        devices: deviceDirectory,
+        idempotency,
+        rateLimiter: createTokenBucketRateLimiter({ burst: 5, perSecond: 1, now: () => 0 }),
+        publisher: { publish },
+        metrics: { blockedSenderDrop: () => {}, rateLimited: () => {} },
+        newMessageId,
+      });
+    // The process dies while publishing: the id was reserved, the publish never confirmed.
+    const crashing = senderWith(
+      () => new Promise(() => {}),
+      () => "m-before-crash",
+    );
+    void crashing(command());
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    const restarted = senderWith(
+      async (m) => void published.push(m),
+      () => "m-after-restart",
+    );
+    expect(await restarted(command())).toMatchObject({ messageId: "m-before-crash", duplicate: true });
+    expect(published.map((m) => m.messageId)).toEqual(["m-before-crash"]);
+    const reused = await refusal(restarted(command({ envelope: sharedEnvelope("other") })));
+    expect(reused.reason).toBe("CLIENT_MESSAGE_ID_REUSED");
+  });
+
   it("refuses the same client_message_id with different content", async () => {
     await send(command());
     const err = await refusal(send(command({ envelope: sharedEnvelope("other") })));

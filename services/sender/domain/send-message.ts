@@ -70,13 +70,20 @@ export function createSendMessage(deps: SenderDeps): (command: SendCommand) => P
     const running = inFlight.get(key);
     if (running !== undefined) {
       const { messageId, acceptedAt } = await running.outcome;
-      return sameContentOrRefuse(command, { messageId, acceptedAt, contentDigest: running.digest }, digest);
+      return sameContentOrRefuse(
+        command,
+        { messageId, acceptedAt, contentDigest: running.digest, published: true },
+        digest,
+      );
     }
     // Registered before the first await, so a concurrent retry always finds this attempt.
     const outcome = (async () => {
       const previous = await deps.idempotency.get(key);
-      if (previous !== undefined) return sameContentOrRefuse(command, previous, digest);
-      return accept(command, key, digest);
+      if (previous === undefined) return accept(command, key, digest);
+      const answer = sameContentOrRefuse(command, previous, digest);
+      // An earlier attempt reserved the id but died (or the broker failed) before the publish was
+      // confirmed: publish again under that id; history keeps one copy if the first one landed.
+      return previous.published ? answer : accept(command, key, digest, previous);
     })();
     inFlight.set(key, { digest, outcome });
     try {
@@ -86,7 +93,12 @@ export function createSendMessage(deps: SenderDeps): (command: SendCommand) => P
     }
   };
 
-  async function accept(command: SendCommand, key: string, digest: string): Promise<SendOutcome> {
+  async function accept(
+    command: SendCommand,
+    key: string,
+    digest: string,
+    reserved?: AcceptedRecord,
+  ): Promise<SendOutcome> {
     const limit = await deps.rateLimiter.take(`${command.sender.userId}/${command.sender.deviceId}`);
     if (!limit.allowed) {
       deps.metrics.rateLimited();
@@ -124,8 +136,15 @@ export function createSendMessage(deps: SenderDeps): (command: SendCommand) => P
       }
     }
     const recipients = resolveRecipients(command, expected, new Set(others));
-    const messageId = deps.newMessageId();
-    const acceptedAt = now();
+    const fresh: AcceptedRecord = {
+      messageId: deps.newMessageId(),
+      contentDigest: digest,
+      acceptedAt: now(),
+      published: false,
+    };
+    const record = reserved ?? (await deps.idempotency.reserve(key, fresh));
+    // Another replica may have reserved the key first: its record wins, its content must match.
+    const { messageId, acceptedAt } = sameContentOrRefuse(command, record, digest);
     await deps.publisher.publish({
       messageId,
       conversationId: command.conversationId,
@@ -137,8 +156,9 @@ export function createSendMessage(deps: SenderDeps): (command: SendCommand) => P
       membershipVersion: conversation.version,
       forceTrace: command.forceTrace,
     });
-    await deps.idempotency.put(key, { messageId, contentDigest: digest, acceptedAt });
-    return { messageId, acceptedAt, duplicate: false };
+    await deps.idempotency.markPublished(key);
+    // Ours only if this attempt made the reservation; otherwise an earlier attempt chose the id.
+    return { messageId, acceptedAt, duplicate: record.messageId !== fresh.messageId };
   }
 }
 

@@ -1,15 +1,16 @@
 import type { AcceptedRecord, IdempotencyStore } from "../../domain/ports.ts";
 
 /**
- * Idempotency keys in process memory with a TTL: the embedded profile's stand-in for Redis, and,
- * like Redis without persistence, lost on restart (history's own dedup covers that case).
+ * Idempotency keys in process memory with a TTL: lost on restart, like Redis without persistence
+ * (history's own dedup covers that case). The embedded mesh uses the SQLite store instead; this
+ * one suits a throwaway process.
  */
 export function createMemoryIdempotencyStore(
   options: { readonly ttlMs?: number; readonly now?: () => number } = {},
-) {
+): IdempotencyStore & { close(): void; readonly size: number } {
   const ttlMs = options.ttlMs ?? 24 * 60 * 60 * 1000;
   const now = options.now ?? Date.now;
-  const records = new Map<string, { readonly record: AcceptedRecord; readonly expiresAt: number }>();
+  const records = new Map<string, { record: AcceptedRecord; readonly expiresAt: number }>();
 
   // Insertion order is expiry order (one TTL for all), so sweeping stops at the first live entry.
   const sweep = () => {
@@ -21,16 +22,25 @@ export function createMemoryIdempotencyStore(
   };
   const timer = setInterval(sweep, Math.min(ttlMs, 60_000));
   timer.unref();
+  const live = (key: string) => {
+    const entry = records.get(key);
+    return entry === undefined || entry.expiresAt <= now() ? undefined : entry;
+  };
 
-  const store: IdempotencyStore & { close(): void; readonly size: number } = {
+  return {
     async get(key) {
-      const entry = records.get(key);
-      if (entry === undefined || entry.expiresAt <= now()) return undefined;
-      return entry.record;
+      return live(key)?.record;
     },
-    async put(key, record) {
+    async reserve(key, record) {
+      const held = live(key);
+      if (held !== undefined) return held.record;
       records.delete(key);
       records.set(key, { record, expiresAt: now() + ttlMs });
+      return record;
+    },
+    async markPublished(key) {
+      const held = live(key);
+      if (held !== undefined) held.record = { ...held.record, published: true };
     },
     close() {
       clearInterval(timer);
@@ -39,5 +49,4 @@ export function createMemoryIdempotencyStore(
       return records.size;
     },
   };
-  return store;
 }
