@@ -287,11 +287,12 @@ describe("edge passthrough", () => {
 
   it("turns internal failures into the generic internal error, leaking nothing", async () => {
     const client = createClient(ContactService, transport());
+    // Started one at a time: a call started early would reject before anyone awaits it.
     for (const call of [
-      client.rejectConnection({ otherUserId: "bob" }),
-      client.deleteConnection({ otherUserId: "bob" }),
+      () => client.rejectConnection({ otherUserId: "bob" }),
+      () => client.deleteConnection({ otherUserId: "bob" }),
     ]) {
-      const err = await failure(call);
+      const err = await failure(call());
       expect(err.code).toBe(Code.Internal);
       expect(err.rawMessage).toBe("internal error");
       expect(err.findDetails(ErrorInfoSchema)[0]?.reason).toBe("INTERNAL");
