@@ -21,6 +21,7 @@ import { SenderService } from "../gen/parley/sender/v1/sender_service_pb.ts";
 import {
   invalidArgument,
   isUnexpectedError,
+  parleyErrorFromStatus,
   permissionDenied,
   toParleyError,
   toStatus,
@@ -352,9 +353,11 @@ function createFrameReader(
           stream.goLive();
           return;
         }
+        // A failed replay ends the stream (see DeviceStream.resume): the client reconnects from its
+        // last cursor, or starts over on INVALID_CURSOR.
         stream
           .resume(cursor, options.fetchPage)
-          .catch((err: unknown) => frameError(frameId, statusOf(err, ctx, ROUTES.syncSession)));
+          .catch((err: unknown) => stream.fail(failure(statusOf(err, ctx, ROUTES.syncSession))));
         return;
       }
       case "send": {
@@ -456,6 +459,11 @@ function createFrameReader(
       clearTimeout(helloTimer);
     }
   };
+}
+
+/** The error a stream ends with, from the status the edge mapped (same code, reason, details). */
+function failure(status: Status) {
+  return parleyErrorFromStatus(status.code, status.message, status.details);
 }
 
 function ackRoute(ack: Acknowledgement): PassthroughRoute {

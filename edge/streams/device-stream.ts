@@ -261,8 +261,9 @@ export class DeviceStream {
 
   /**
    * Replays the device's inbox after `cursor`, page by page as the client reads (a page is asked
-   * for only once it fits in the queue), then goes live. A failed Sync still ends the hold; its
-   * error is rethrown for the caller to report.
+   * for only once it fits in the queue), then goes live. A failed Sync drops what was held and
+   * rethrows: the caller must end the stream, because the held pushes carry cursors past the pages
+   * that were not replayed, and a client that saw them would resume beyond messages it never got.
    */
   async resume(cursor: Uint8Array, fetchPage: FetchPage): Promise<void> {
     this.holding = true;
@@ -287,15 +288,17 @@ export class DeviceStream {
           this.close(Closes.overloaded);
           return;
         }
-        if (!page.more || page.items.length === 0) return;
+        if (!page.more || page.items.length === 0) break;
         next = page.nextCursor;
       }
-    } finally {
-      // What was pushed meanwhile goes out once it fits behind the replay (the client reads on).
-      const held = Math.min(this.held.length, this.queue.limit);
-      if (this.closing === undefined && held > 0) await this.queue.waitForRoom(held);
-      this.goLive();
+    } catch (err) {
+      this.held = [];
+      throw err;
     }
+    // What was pushed meanwhile goes out once it fits behind the replay (the client reads on).
+    const held = Math.min(this.held.length, this.queue.limit);
+    if (this.closing === undefined && held > 0) await this.queue.waitForRoom(held);
+    this.goLive();
   }
 
   /**

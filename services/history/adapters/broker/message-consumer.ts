@@ -39,6 +39,9 @@ export async function startMessageConsumer(options: MessageConsumerOptions): Pro
     {
       subscription: HISTORY_SUBSCRIPTION,
       mode: "key_shared",
+      // Every message here was already answered SENT: a storage outage must delay it, never
+      // dead-letter it. (Undecodable events take their own path to the dead-letter topic below.)
+      maxRedeliveries: Number.MAX_SAFE_INTEGER,
       ...(options.redeliveryDelayMs === undefined ? {} : { redeliveryDelayMs: options.redeliveryDelayMs }),
       ...(options.maxInFlight === undefined ? {} : { maxInFlight: options.maxInFlight }),
     },
