@@ -1,8 +1,100 @@
-import type { Interceptor } from "@connectrpc/connect";
+import type { Interceptor, StreamRequest, UnaryRequest } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Attributes, Span } from "@opentelemetry/api";
+import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { toConnectError } from "../lib/connect-error.ts";
 import { isParleyError, isUnexpectedError } from "../lib/errors.ts";
 import { validateMessage } from "../lib/grpc/validation.ts";
 import type { Logger } from "../lib/logging.ts";
+import { FORCE_TRACE_ATTRIBUTE } from "../lib/telemetry.ts";
+
+const tracer = trace.getTracer("parley.edge");
+
+// As for gRPC servers (lib/grpc/tracing.ts): a server span is an error only for server faults.
+const SERVER_FAULTS = new Set([
+  Code.Unknown,
+  Code.DeadlineExceeded,
+  Code.Unimplemented,
+  Code.Internal,
+  Code.Unavailable,
+  Code.DataLoss,
+]);
+
+export interface TracingInterceptorOptions {
+  /** Calls to sample whatever the ratio says (a Send with `force_trace`). */
+  readonly forceTrace?: (req: UnaryRequest | StreamRequest) => boolean;
+}
+
+/**
+ * A SERVER span per edge call (`rpc.system` connect_rpc), active while the handler runs, so the
+ * internal gRPC calls it makes (lib/grpc client tracing) are its children and its log lines carry
+ * its trace id. Outermost interceptor: the status is the one the client gets. Every call starts a
+ * new trace: a public client's `traceparent` is not trusted (it could force sampling or join
+ * someone else's trace). A streaming call's span lasts as long as its stream.
+ */
+export function createTracingInterceptor(options: TracingInterceptorOptions = {}): Interceptor {
+  return (next) => async (req) => {
+    const attributes: Attributes = {
+      "rpc.system": "connect_rpc",
+      "rpc.service": req.service.typeName,
+      "rpc.method": req.method.name,
+      ...(options.forceTrace?.(req) === true ? { [FORCE_TRACE_ATTRIBUTE]: true } : {}),
+    };
+    const span = tracer.startSpan(
+      `${req.service.typeName}/${req.method.name}`,
+      { kind: SpanKind.SERVER, attributes },
+      ROOT_CONTEXT,
+    );
+    const ctx = trace.setSpan(ROOT_CONTEXT, span);
+    try {
+      const res = await context.with(ctx, () => next(req));
+      if (!res.stream) {
+        endCallSpan(span, undefined);
+        return res;
+      }
+      const source = res.message[Symbol.asyncIterator]();
+      return {
+        ...res,
+        // Each step of the handler's stream runs in the span's context, and the span ends with it.
+        message: (async function* () {
+          let failure: unknown;
+          try {
+            for (;;) {
+              const step = await context.with(ctx, () => source.next());
+              if (step.done === true) return;
+              yield step.value;
+            }
+          } catch (err) {
+            failure = err;
+            throw err;
+          } finally {
+            if (failure === undefined && source.return !== undefined) {
+              await context.with(ctx, () => source.return?.())?.catch(() => undefined);
+            }
+            endCallSpan(span, failure);
+          }
+        })(),
+      };
+    } catch (err) {
+      endCallSpan(span, err);
+      throw err;
+    }
+  };
+}
+
+function endCallSpan(span: Span, err: unknown): void {
+  if (err !== undefined) {
+    const code = ConnectError.from(err).code;
+    // Connect's wire names: not_found, resource_exhausted...
+    const name = (Code[code] ?? String(code)).replace(
+      /[A-Z]/g,
+      (c, i: number) => (i === 0 ? "" : "_") + c.toLowerCase(),
+    );
+    span.setAttribute("rpc.connect_rpc.error_code", name);
+    if (SERVER_FAULTS.has(code)) span.setStatus({ code: SpanStatusCode.ERROR, message: Code[code] });
+  }
+  span.end();
+}
 
 /**
  * Validates every unary and server-streaming request against its protovalidate rules before the

@@ -1,15 +1,28 @@
-import { EdgePushService } from "../gen/parley/delivery/v1/edge_push_service_pb.ts";
+import type { Attributes, Span } from "@opentelemetry/api";
+import { SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import type { PushBatchRequest } from "../gen/parley/delivery/v1/edge_push_service_pb.ts";
+import { EdgePushService, PushOutcome } from "../gen/parley/delivery/v1/edge_push_service_pb.ts";
 import type { GrpcServer } from "../lib/grpc/server.ts";
 import { createGrpcServer, grpcService } from "../lib/grpc/server.ts";
 import type { Logger } from "../lib/logging.ts";
-import type { StreamHub } from "./streams/stream-hub.ts";
+import type { MessageTraces } from "./streams/message-traces.ts";
+import type { PushBatchResponseInit, StreamHub } from "./streams/stream-hub.ts";
+
+const tracer = trace.getTracer("parley.edge");
+
+/** Ids listed on a push span at most (a 1,000-member group's batch names its counts, not every id). */
+const MAX_LISTED_IDS = 32;
 
 /**
  * The edge's internal gRPC server: EdgePushService, which delivery calls to push onto the device
  * streams this process holds (plus health and reflection, like every internal server). Requests
  * are validated by the server's middleware before `hub.push` sees them.
+ *
+ * Each batch is one `edge.push` span under the PushBatch server span (so under delivery's trace of
+ * the event): counts of devices and outcomes, and the message and conversation ids, never one span
+ * per device. The traces of pushed messages are remembered for the devices' acks (`traces`).
  */
-export function createPushServer(hub: StreamHub, logger: Logger): GrpcServer {
+export function createPushServer(hub: StreamHub, logger: Logger, traces?: MessageTraces): GrpcServer {
   return createGrpcServer({
     name: "edge-push",
     logger,
@@ -18,9 +31,82 @@ export function createPushServer(hub: StreamHub, logger: Logger): GrpcServer {
     services: [
       grpcService(EdgePushService, {
         async pushBatch(request) {
-          return hub.push(request);
+          return tracer.startActiveSpan(
+            "edge.push",
+            { kind: SpanKind.INTERNAL, attributes: batchAttributes(request) },
+            (span) => {
+              try {
+                const response = hub.push(request);
+                recordOutcomes(span, response);
+                if (traces !== undefined) rememberPushed(traces, request, response);
+                return response;
+              } catch (err) {
+                if (err instanceof Error) span.recordException(err);
+                span.setStatus({ code: SpanStatusCode.ERROR });
+                throw err;
+              } finally {
+                span.end();
+              }
+            },
+          );
         },
       }),
     ],
   });
+}
+
+function batchAttributes(request: PushBatchRequest): Attributes {
+  const messageIds = new Set<string>();
+  const conversationIds = new Set<string>();
+  const kinds = new Set<string>();
+  for (const item of request.items) {
+    if (item.payload.case !== undefined) kinds.add(item.payload.case);
+    if (item.payload.case === "message") {
+      messageIds.add(item.payload.value.messageId);
+      conversationIds.add(item.payload.value.conversationId);
+    } else if (item.payload.case === "receipt") {
+      conversationIds.add(item.payload.value.conversationId);
+    }
+  }
+  const devices = request.routes.map((r) => `${r.device?.userId ?? ""}/${r.device?.deviceId ?? ""}`);
+  return {
+    "parley.batch_id": request.batchId,
+    "parley.device.count": request.routes.length,
+    "parley.item.count": request.items.length,
+    "parley.push.kinds": [...kinds],
+    ...(messageIds.size === 0 ? {} : { "parley.message_ids": [...messageIds].slice(0, MAX_LISTED_IDS) }),
+    ...(conversationIds.size === 0
+      ? {}
+      : { "parley.conversation_ids": [...conversationIds].slice(0, MAX_LISTED_IDS) }),
+    ...(devices.length <= MAX_LISTED_IDS ? { "parley.device_ids": devices } : {}),
+  };
+}
+
+function recordOutcomes(span: Span, response: PushBatchResponseInit): void {
+  const counts = { pushed: 0, not_connected: 0, stale_route: 0, overloaded: 0 };
+  for (const result of response.results ?? []) {
+    if (result.outcome === PushOutcome.PUSHED) counts.pushed++;
+    else if (result.outcome === PushOutcome.STALE_ROUTE) counts.stale_route++;
+    else if (result.outcome === PushOutcome.OVERLOADED) counts.overloaded++;
+    else counts.not_connected++;
+  }
+  for (const [outcome, count] of Object.entries(counts)) span.setAttribute(`parley.push.${outcome}`, count);
+}
+
+/** Messages pushed (outcome PUSHED) to a device: their traces, for the device's ack to link to. */
+function rememberPushed(traces: MessageTraces, request: PushBatchRequest, response: PushBatchResponseInit) {
+  const pushed = new Set<string>();
+  for (const result of response.results ?? []) {
+    if (result.outcome === PushOutcome.PUSHED && result.device !== undefined) {
+      pushed.add(`${result.device.userId}/${result.device.deviceId}`);
+    }
+  }
+  for (const item of request.items) {
+    if (item.payload.case !== "message" || item.traceparent === "") continue;
+    const message = item.payload.value;
+    for (const device of item.devices) {
+      if (!pushed.has(`${device.userId}/${device.deviceId}`)) continue;
+      traces.remember(device, message, item.traceparent);
+    }
+  }
 }

@@ -1,5 +1,8 @@
+import type { StreamRequest, UnaryRequest } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { DeviceAddress } from "../gen/parley/common/v1/address_pb.ts";
+import type { SendRequest } from "../gen/parley/edge/v1/session_service_pb.ts";
+import { SessionService } from "../gen/parley/edge/v1/session_service_pb.ts";
 import type { Logger } from "../lib/logging.ts";
 import type { Registry } from "../lib/registry/registry.ts";
 import { cacheDeviceCheck } from "./auth/device-check.ts";
@@ -11,13 +14,14 @@ import { loadEdgeConfig } from "./config.ts";
 import { createHostDirectory, rendezvousHost } from "./host-directory.ts";
 import type { NodeHandlerFn } from "./http-server.ts";
 import { listenHttp } from "./http-server.ts";
-import { createErrorInterceptor, validationInterceptor } from "./interceptors.ts";
+import { createErrorInterceptor, createTracingInterceptor, validationInterceptor } from "./interceptors.ts";
 import { createInternalClients } from "./internal-clients.ts";
 import { createLeaseKeeper } from "./lease-keeper.ts";
 import { createPushServer } from "./push-service.ts";
 import { edgeRoutes } from "./routes.ts";
 import { createSessionService } from "./session-service.ts";
 import { shutdownClose } from "./streams/device-stream.ts";
+import { createMessageTraces } from "./streams/message-traces.ts";
 import { createPresenceReporter } from "./streams/presence-reporter.ts";
 import { createStandaloneLease } from "./streams/standalone-lease.ts";
 import { createStreamHub } from "./streams/stream-hub.ts";
@@ -129,8 +133,11 @@ export async function startEdge(
     self: () => ({ ...identity, load: hub.size, state: hub.state }),
     logger,
   });
+  // What acks link to: the traces of the messages this edge pushed.
+  const traces = createMessageTraces();
   const session = createSessionService({
     hub,
+    traces,
     clients,
     directory,
     hostId: () => identity.hostId,
@@ -157,7 +164,7 @@ export async function startEdge(
     onLost: () => hub.closeAll(shutdownClose(SHUTDOWN_RETRY_AFTER_MS)),
     logger,
   });
-  const pushServer = registry === undefined ? undefined : createPushServer(hub, logger);
+  const pushServer = registry === undefined ? undefined : createPushServer(hub, logger, traces);
   let server: Awaited<ReturnType<typeof listenHttp>> | undefined;
   let pushAddress = "";
   try {
@@ -167,9 +174,12 @@ export async function startEdge(
     }
     const handler = connectNodeAdapter({
       routes: edgeRoutes({ clients, session, logger, onDeviceRemoved }),
-      // Outermost first: every error passes the error boundary; authentication comes before
-      // validation, so a caller without a valid token learns nothing about the request schema.
+      // Outermost first: the call's span (so the error boundary's log lines carry its trace id and
+      // it sees the status the client gets); every error passes the error boundary; authentication
+      // comes before validation, so a caller without a valid token learns nothing about the
+      // request schema.
       interceptors: [
+        createTracingInterceptor({ forceTrace: forcedSend }),
         createErrorInterceptor(logger),
         createAuthInterceptor(auth.verifier),
         validationInterceptor,
@@ -264,6 +274,13 @@ export async function startEdge(
       return stopping;
     },
   };
+}
+
+/** A unary Send whose message asks for `force_trace`: its call span is sampled whatever the ratio. */
+function forcedSend(req: UnaryRequest | StreamRequest): boolean {
+  if (req.stream || req.service.typeName !== SessionService.typeName) return false;
+  if (req.method.name !== SessionService.method.send.name) return false;
+  return (req.message as Partial<SendRequest>).message?.forceTrace === true;
 }
 
 /** host:port, with brackets around an IPv6 literal. */

@@ -1,6 +1,8 @@
 import type { DescMethod, MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import type { Attributes, Link, Span } from "@opentelemetry/api";
+import { SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import type { Status } from "../gen/google/rpc/status_pb.ts";
 import type { DeviceAddress } from "../gen/parley/common/v1/address_pb.ts";
 import { ReceiptKind } from "../gen/parley/common/v1/message_pb.ts";
@@ -29,6 +31,7 @@ import {
 import type { GrpcCallOptions } from "../lib/grpc/client.ts";
 import { validateMessage } from "../lib/grpc/validation.ts";
 import type { Logger } from "../lib/logging.ts";
+import { FORCE_TRACE_ATTRIBUTE } from "../lib/telemetry.ts";
 import { authenticatedCaller, callingDevice } from "./auth/interceptor.ts";
 import type { HostDirectory } from "./host-directory.ts";
 import type { InternalClients } from "./internal-clients.ts";
@@ -36,6 +39,7 @@ import type { PassthroughRoute } from "./passthrough.ts";
 import { toEdgeError } from "./passthrough.ts";
 import type { DeviceStream, FetchPage } from "./streams/device-stream.ts";
 import { Closes, durationOf, frame } from "./streams/device-stream.ts";
+import type { MessageTraces } from "./streams/message-traces.ts";
 import type { StreamHub } from "./streams/stream-hub.ts";
 import { currentTransportAbort } from "./transport-scope.ts";
 
@@ -51,6 +55,8 @@ export interface SessionServiceOptions {
    */
   readonly helloWaitMs: number;
   readonly logger: Logger;
+  /** Traces of the messages pushed here, which acks link to (edge/streams/message-traces.ts). */
+  readonly traces?: MessageTraces;
 }
 
 /** Client frames of one Session handled at once; reading pauses beyond it (HTTP/2 flow control). */
@@ -153,6 +159,7 @@ export function createSessionService(options: SessionServiceOptions): ServiceImp
         hub,
         calls,
         statusOf,
+        traces: options.traces,
         fetchPage: fetchPage(device, ctx),
         helloWaitMs: options.helloWaitMs,
       });
@@ -177,8 +184,12 @@ export function createSessionService(options: SessionServiceOptions): ServiceImp
 
     async send(request, ctx) {
       const message = required(request.message, "message");
+      const span = trace.getActiveSpan();
+      span?.setAttributes(sendAttributes(callingDevice(ctx), message));
       try {
-        return { accepted: accepted(await calls.send(callingDevice(ctx), message, unaryOptions(ctx))) };
+        const response = await calls.send(callingDevice(ctx), message, unaryOptions(ctx));
+        span?.setAttribute("parley.message_id", response.messageId);
+        return { accepted: accepted(response) };
       } catch (err) {
         throw toEdgeError(err, ctx, ROUTES.send, logger);
       }
@@ -186,6 +197,9 @@ export function createSessionService(options: SessionServiceOptions): ServiceImp
 
     async ack(request, ctx) {
       const ack = required(request.ack, "ack");
+      const span = trace.getActiveSpan();
+      span?.setAttributes(ackAttributes(callingDevice(ctx), ack));
+      span?.addLinks(ackLinks(options.traces, callingDevice(ctx), ack));
       try {
         return { acknowledgedUpToSeq: await calls.ack(callingDevice(ctx), ack, unaryOptions(ctx)) };
       } catch (err) {
@@ -283,6 +297,7 @@ interface FrameReaderOptions {
   readonly statusOf: (err: unknown, ctx: HandlerContext, via: PassthroughRoute) => Status;
   readonly fetchPage: FetchPage;
   readonly helloWaitMs: number;
+  readonly traces: MessageTraces | undefined;
 }
 
 /**
@@ -362,43 +377,60 @@ function createFrameReader(
       }
       case "send": {
         const message = body.value;
-        run(`send:${message.conversationId}`, async () => {
-          try {
-            const response = await calls.send(device, message, callOptions);
-            stream.reply(
-              frame({
-                case: "sendResult",
-                value: {
-                  frameId,
-                  clientMessageId: message.clientMessageId,
-                  outcome: { case: "accepted", value: accepted(response) },
-                },
-              }),
-            );
-          } catch (err) {
-            stream.reply(
-              frame({
-                case: "sendResult",
-                value: {
-                  frameId,
-                  clientMessageId: message.clientMessageId,
-                  outcome: { case: "error", value: statusOf(err, ctx, ROUTES.send) },
-                },
-              }),
-            );
-          }
-        });
+        const attributes = sendAttributes(device, message);
+        run(`send:${message.conversationId}`, () =>
+          inFrameSpan("send", attributes, [], async (span) => {
+            try {
+              const response = await calls.send(device, message, callOptions);
+              span.setAttribute("parley.message_id", response.messageId);
+              stream.reply(
+                frame({
+                  case: "sendResult",
+                  value: {
+                    frameId,
+                    clientMessageId: message.clientMessageId,
+                    outcome: { case: "accepted", value: accepted(response) },
+                  },
+                }),
+              );
+            } catch (err) {
+              const status = statusOf(err, ctx, ROUTES.send);
+              failFrameSpan(span, status);
+              stream.reply(
+                frame({
+                  case: "sendResult",
+                  value: {
+                    frameId,
+                    clientMessageId: message.clientMessageId,
+                    outcome: { case: "error", value: status },
+                  },
+                }),
+              );
+            }
+          }),
+        );
         return;
       }
       case "ack": {
         const ack = body.value;
-        run(`ack:${ack.conversationId}`, async () => {
-          try {
-            await calls.ack(device, ack, callOptions);
-          } catch (err) {
-            frameError(frameId, statusOf(err, ctx, ackRoute(ack)));
-          }
-        });
+        const links = ackLinks(options.traces, device, ack);
+        // The ack of a traced message is traced too (its links say so), whatever the ratio.
+        const attributes = {
+          ...ackAttributes(device, ack),
+          ...(links.length > 0 ? { [FORCE_TRACE_ATTRIBUTE]: true } : {}),
+        };
+        run(`ack:${ack.conversationId}`, () =>
+          inFrameSpan("ack", attributes, links, async (span) => {
+            try {
+              const upTo = await calls.ack(device, ack, callOptions);
+              span.setAttribute("parley.receipt.state_up_to_seq", Number(upTo));
+            } catch (err) {
+              const status = statusOf(err, ctx, ackRoute(ack));
+              failFrameSpan(span, status);
+              frameError(frameId, status);
+            }
+          }),
+        );
         return;
       }
       case "typing": {
@@ -464,6 +496,93 @@ function createFrameReader(
 /** The error a stream ends with, from the status the edge mapped (same code, reason, details). */
 function failure(status: Status) {
   return parleyErrorFromStatus(status.code, status.message, status.details);
+}
+
+const tracer = trace.getTracer("parley.edge");
+
+/** gRPC codes (google.rpc.Status) that make a server span an error: server faults only. */
+const SERVER_FAULTS = new Set([2, 4, 12, 13, 14, 15]);
+
+/**
+ * Runs the work of one client frame of a Session in its own trace: a SERVER span
+ * `SessionService/Session <frame>` (a new root, so a send with `force_trace` is sampled whatever
+ * the stream's trace was, and a stream open for hours is not one giant trace), linked to the
+ * stream's span. The internal calls the frame makes are its children.
+ */
+function inFrameSpan(
+  kind: "send" | "ack",
+  attributes: Attributes,
+  links: Link[],
+  work: (span: Span) => Promise<void>,
+): Promise<void> {
+  const stream = trace.getActiveSpan()?.spanContext();
+  return tracer.startActiveSpan(
+    `${SessionService.typeName}/${SessionService.method.session.name} ${kind}`,
+    {
+      kind: SpanKind.SERVER,
+      root: true,
+      attributes: {
+        "rpc.system": "connect_rpc",
+        "rpc.service": SessionService.typeName,
+        "rpc.method": SessionService.method.session.name,
+        "parley.frame": kind,
+        ...attributes,
+      },
+      links: [
+        ...(stream === undefined || !trace.isSpanContextValid(stream)
+          ? []
+          : [{ context: stream, attributes: { "parley.link.kind": "stream" } }]),
+        ...links,
+      ],
+    },
+    async (span) => {
+      try {
+        await work(span);
+      } finally {
+        span.end();
+      }
+    },
+  );
+}
+
+function failFrameSpan(span: Span, status: Status): void {
+  span.setAttribute("rpc.grpc.status_code", status.code);
+  if (SERVER_FAULTS.has(status.code)) span.setStatus({ code: SpanStatusCode.ERROR, message: status.message });
+}
+
+/** Ids of a send for its span (never the envelope: ciphertext stays out of traces). */
+function sendAttributes(device: DeviceAddress, message: OutgoingMessage): Attributes {
+  return {
+    "parley.conversation_id": message.conversationId,
+    "parley.client_message_id": message.clientMessageId,
+    "parley.sender.user_id": device.userId,
+    "parley.sender.device_id": device.deviceId,
+    ...(message.forceTrace ? { [FORCE_TRACE_ATTRIBUTE]: true } : {}),
+  };
+}
+
+function ackAttributes(device: DeviceAddress, ack: Acknowledgement): Attributes {
+  return {
+    "parley.conversation_id": ack.conversationId,
+    "parley.user_id": device.userId,
+    "parley.device_id": device.deviceId,
+    "parley.receipt.kind": ack.kind === ReceiptKind.READ ? "read" : "delivered",
+    ...(ack.target.case === "messageIds"
+      ? { "parley.message_ids": ack.target.value.messageIds.slice(0, 32) }
+      : { "parley.receipt.up_to_seq": Number(ack.target.value ?? 0n) }),
+  };
+}
+
+/** Links from an ack to the traces of the messages it acknowledges, when this edge pushed them. */
+function ackLinks(traces: MessageTraces | undefined, device: DeviceAddress, ack: Acknowledgement): Link[] {
+  if (traces === undefined) return [];
+  return traces.take(
+    device,
+    ack.conversationId,
+    ack.target.case === "messageIds"
+      ? { messageIds: ack.target.value.messageIds }
+      : { upToSeq: ack.target.value ?? 0n },
+  );
 }
 
 function ackRoute(ack: Acknowledgement): PassthroughRoute {

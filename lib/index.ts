@@ -77,6 +77,8 @@ export type { Logger, LogLevel } from "./logging.ts";
 export { createLogger, LOG_LEVELS, traceFields } from "./logging.ts";
 export type { Outbox, OutboxEvent, OutboxRecord, OutboxRelay } from "./outbox.ts";
 export { createSqliteOutbox, startOutboxRelay } from "./outbox.ts";
+export type { MemoryRateLimiterOptions, RateDecision, RateLimiter, RateRule } from "./rate-limit.ts";
+export { createMemoryRateLimiter } from "./rate-limit.ts";
 export { inTransaction, migrate, openSqlite } from "./sqlite.ts";
 export type { StopTelemetry, TelemetryOptions } from "./telemetry.ts";
 export { startTelemetry } from "./telemetry.ts";

@@ -1,5 +1,7 @@
 import type { DatabaseSync } from "node:sqlite";
+import { context, ROOT_CONTEXT } from "@opentelemetry/api";
 import type { Broker, OutgoingBrokerMessage } from "./broker/broker.ts";
+import { messageContext, withProducerSpan } from "./broker/tracing.ts";
 import type { Logger } from "./logging.ts";
 
 /**
@@ -84,21 +86,34 @@ export function startOutboxRelay(
   let running: Promise<void> | undefined;
   let again = false;
 
+  // An event written by a traced request (its stored `traceparent`) is published under a producer
+  // span continuing that request's trace, whatever context the relay happens to run in; an event
+  // written outside any trace is published as it is.
+  const publish = (record: OutboxRecord) => {
+    const stored = record.properties ?? {};
+    if (stored.traceparent === undefined || stored.traceparent === "") {
+      return broker.publish(record.topic, { key: record.key, payload: record.payload, properties: stored });
+    }
+    return withProducerSpan(
+      record.topic,
+      record.key,
+      (properties) =>
+        broker.publish(record.topic, {
+          key: record.key,
+          payload: record.payload,
+          properties: { ...stored, ...properties },
+        }),
+      { parent: messageContext(stored) },
+    );
+  };
+
   const drain = async () => {
     for (;;) {
       const batch = await outbox.pending(batchSize);
       if (batch.length === 0) return;
       // Issued together: the broker keeps call order per topic (as one Pulsar producer keeps send
       // order) and commits them as one group instead of one fsync each.
-      await Promise.all(
-        batch.map((record) =>
-          broker.publish(record.topic, {
-            key: record.key,
-            payload: record.payload,
-            ...(record.properties === undefined ? {} : { properties: record.properties }),
-          }),
-        ),
-      );
+      await Promise.all(batch.map(publish));
       await outbox.markPublished(batch.map((r) => r.id));
     }
   };
@@ -108,7 +123,9 @@ export function startOutboxRelay(
       again = true;
       return;
     }
-    running = (async () => {
+    // The relay's own work, not part of the request whose notify() woke it: each event's span
+    // continues the trace stored with it.
+    running = context.with(ROOT_CONTEXT, async () => {
       do {
         again = false;
         try {
@@ -118,7 +135,7 @@ export function startOutboxRelay(
         }
       } while (again && !stopped);
       running = undefined;
-    })();
+    });
   };
 
   const timer = setInterval(kick, intervalMs);

@@ -4,6 +4,7 @@ import type { GrpcServiceRegistration } from "./grpc/server.ts";
 import { createGrpcServer } from "./grpc/server.ts";
 import type { Logger } from "./logging.ts";
 import { createLogger, LOG_LEVELS } from "./logging.ts";
+import type { StopTelemetry } from "./telemetry.ts";
 import { startTelemetry } from "./telemetry.ts";
 
 /** The variables every internal gRPC service reads: where to listen, and how much to log. */
@@ -50,9 +51,11 @@ export async function runProcess(
 ): Promise<void> {
   const level = LOG_LEVELS.find((l) => l === logLevel) ?? "info";
   const logger = createLogger(name, level);
-  const stopTelemetry = startTelemetry({ serviceName: `parley-${name}` });
+  let stopTelemetry: StopTelemetry = async () => {};
   let running: readonly RunningService[];
   try {
+    // Inside the try: a bad OTEL_TRACES_SAMPLER(_ARG) is a ConfigError like any other.
+    stopTelemetry = startTelemetry({ serviceName: `parley-${name}` });
     running = await start(logger);
   } catch (err) {
     logger.fatal({ err }, `${name} failed to start`);

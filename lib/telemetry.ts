@@ -1,4 +1,14 @@
+import type { Context, Link, SpanAttributes, SpanKind } from "@opentelemetry/api";
 import { startNodeSdk } from "@opentelemetry/sdk-node";
+import type { Sampler, SamplingResult } from "@opentelemetry/sdk-trace";
+import {
+  AlwaysOffSampler,
+  AlwaysOnSampler,
+  ParentBasedSampler,
+  SamplingDecision,
+  TraceIdRatioBasedSampler,
+} from "@opentelemetry/sdk-trace";
+import { ConfigError, enumVar, loadConfig, optional, stringVar } from "./config.ts";
 
 type StartOptions = Extract<NonNullable<Parameters<typeof startNodeSdk>[0]>, { spanProcessors?: unknown }>;
 type SpanProcessor = NonNullable<StartOptions["spanProcessors"]>[number];
@@ -6,10 +16,79 @@ type SpanProcessor = NonNullable<StartOptions["spanProcessors"]>[number];
 export type TelemetryOptions = {
   /** `service.name` of every span, unless OTEL_SERVICE_NAME says otherwise. */
   readonly serviceName: string;
+  /**
+   * Where spans go, instead of OTLP (or nowhere): tests pass an in-memory exporter here. Production
+   * leaves it unset.
+   */
+  readonly spanProcessors?: readonly SpanProcessor[];
 };
 
 /** Flushes and stops telemetry; call it last on shutdown so the final spans leave. */
 export type StopTelemetry = () => Promise<void>;
+
+/**
+ * A span started with this attribute set to `true` is sampled whatever the ratio says (a send with
+ * `force_trace`); its children follow it through the parent-based sampler, in every service.
+ */
+export const FORCE_TRACE_ATTRIBUTE = "parley.force_trace";
+
+const SAMPLERS = [
+  "always_on",
+  "always_off",
+  "traceidratio",
+  "parentbased_always_on",
+  "parentbased_always_off",
+  "parentbased_traceidratio",
+] as const;
+
+const samplerSpec = {
+  sampler: enumVar("OTEL_TRACES_SAMPLER", SAMPLERS, { default: "parentbased_always_on" }),
+  ratio: optional(stringVar("OTEL_TRACES_SAMPLER_ARG")),
+};
+
+/**
+ * The sampler of every process: the standard OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG
+ * (default parentbased_always_on, as the SDK's), under a rule that samples any span started with
+ * `parley.force_trace=true`. Throws a ConfigError for an unknown sampler or a ratio outside [0, 1].
+ */
+export function createSampler(env: Readonly<Record<string, string | undefined>> = process.env): Sampler {
+  const config = loadConfig(samplerSpec, env);
+  const ratio = config.ratio === undefined ? 1 : Number(config.ratio);
+  if (!(ratio >= 0 && ratio <= 1)) {
+    throw new ConfigError([
+      `OTEL_TRACES_SAMPLER_ARG must be a sampling ratio between 0 and 1, got '${config.ratio}'`,
+    ]);
+  }
+  const base: Record<(typeof SAMPLERS)[number], () => Sampler> = {
+    always_on: () => new AlwaysOnSampler(),
+    always_off: () => new AlwaysOffSampler(),
+    traceidratio: () => new TraceIdRatioBasedSampler(ratio),
+    parentbased_always_on: () => new ParentBasedSampler({ root: new AlwaysOnSampler() }),
+    parentbased_always_off: () => new ParentBasedSampler({ root: new AlwaysOffSampler() }),
+    parentbased_traceidratio: () => new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) }),
+  };
+  return forceTraceSampler(base[config.sampler]());
+}
+
+/** Samples spans carrying `parley.force_trace=true` at start; asks `delegate` about every other. */
+export function forceTraceSampler(delegate: Sampler): Sampler {
+  return {
+    shouldSample(
+      ctx: Context,
+      traceId: string,
+      spanName: string,
+      spanKind: SpanKind,
+      attributes: SpanAttributes,
+      links: Link[],
+    ): SamplingResult {
+      if (attributes[FORCE_TRACE_ATTRIBUTE] === true) {
+        return { decision: SamplingDecision.RECORD_AND_SAMPLED };
+      }
+      return delegate.shouldSample(ctx, traceId, spanName, spanKind, attributes, links);
+    },
+    toString: () => `ForceTrace{${delegate.toString()}}`,
+  };
+}
 
 // Spans are still made when nothing is exported, so every log line and outgoing call carries a
 // trace id that ties one request together across services; this processor simply drops them.
@@ -26,7 +105,8 @@ let running: StopTelemetry | undefined;
  * Starts the OpenTelemetry SDK once per process: W3C trace context propagation, and export over
  * OTLP only when OTEL_EXPORTER_OTLP_ENDPOINT (or its traces variant) is set. The protocol follows
  * OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf by default, grpc or http/json), as sdk-node reads the
- * standard OTEL_* variables itself. Logs are not exported: they go to stdout as JSON.
+ * standard OTEL_* variables itself. Sampling follows OTEL_TRACES_SAMPLER(_ARG), plus force_trace
+ * (`createSampler`). Logs are not exported: they go to stdout as JSON.
  */
 export function startTelemetry(options: TelemetryOptions): StopTelemetry {
   if (running !== undefined) {
@@ -34,12 +114,17 @@ export function startTelemetry(options: TelemetryOptions): StopTelemetry {
   }
   const env = process.env;
   const exporting = Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT);
+  const sampler = createSampler(env);
+  const spanProcessors =
+    options.spanProcessors !== undefined ? [...options.spanProcessors] : exporting ? undefined : [dropSpans];
   const sdk = startNodeSdk({
     // The SDK's own diagnostics print plain text; keep them to warnings so stdout stays JSON.
     logLevel: env.OTEL_LOG_LEVEL ?? "warn",
     ...(env.OTEL_SERVICE_NAME ? {} : { resourceAttributes: { "service.name": options.serviceName } }),
     logRecordProcessors: [],
-    ...(exporting ? {} : { spanProcessors: [dropSpans], metricReaders: [] }),
+    sampler,
+    ...(spanProcessors === undefined ? {} : { spanProcessors }),
+    ...(exporting ? {} : { metricReaders: [] }),
   });
   const stop: StopTelemetry = async () => {
     if (running === stop) {

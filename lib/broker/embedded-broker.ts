@@ -1,4 +1,5 @@
 import type { DatabaseSync, SQLOutputValue, StatementSync } from "node:sqlite";
+import { context, ROOT_CONTEXT } from "@opentelemetry/api";
 import type { Logger } from "../logging.ts";
 import { createLogger } from "../logging.ts";
 import { inTransaction, migrate, openSqlite } from "../sqlite.ts";
@@ -449,8 +450,11 @@ class SubscriptionState {
   private start(consumer: Consumer, queue: KeyQueue, entry: Entry): void {
     consumer.inFlight++;
     const message = toBrokerMessage(entry.stored, entry.redeliveryCount);
+    // In the root context, as a handler fed from Pulsar's socket would run: not in the context of
+    // whichever publish or timer woke the dispatch, so a trace continues only through the
+    // message's `traceparent` (lib/broker/tracing.ts), never by accident.
     const run = Promise.resolve(message)
-      .then(consumer.handler)
+      .then((m) => context.with(ROOT_CONTEXT, () => consumer.handler(m)))
       .then(
         () => this.settle(consumer, queue, entry, true, undefined),
         (err: unknown) => this.settle(consumer, queue, entry, false, err),
@@ -672,7 +676,7 @@ class Follower {
       }
       const message = this.queue[this.head++] as BrokerMessage;
       try {
-        await this.handler(message);
+        await context.with(ROOT_CONTEXT, () => this.handler(message));
       } catch (err) {
         this.broker.logger.warn(
           { err, topic: this.topic, id: message.id },

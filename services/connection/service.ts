@@ -5,23 +5,26 @@ import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
 import type { Logger } from "../../lib/logging.ts";
 import { startOutboxRelay } from "../../lib/outbox.ts";
+import type { RateLimiter, RateRule } from "../../lib/rate-limit.ts";
+import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import { createKeyServiceDeviceDirectory } from "./adapters/grpc/key-service-device-directory.ts";
-import { createFixedWindowRateLimiter } from "./adapters/memory/fixed-window-rate-limiter.ts";
 import { createSqliteConnectionStore } from "./adapters/sqlite/sqlite-connection-store.ts";
 import type { ConnectionDomain } from "./domain/connection-domain.ts";
 import { createConnectionDomain } from "./domain/connection-domain.ts";
 import type { ConnectionStore } from "./domain/connection-store.ts";
 import type { ConnectionDomainDeps } from "./domain/deps.ts";
 import type { DeviceDirectory } from "./domain/device-directory.ts";
-import type { RateLimiter } from "./domain/rate-limiter.ts";
 import { encodeConnectionEvent } from "./event-encoder.ts";
 import { createConnectionHandlers } from "./handlers.ts";
 
 /** Default gRPC port of the connection service in the cluster profile (PARLEY_CONNECTION_PORT). */
 export const CONNECTION_DEFAULT_PORT = 7101;
 
-/** New connection requests a user may send: 100 per hour (idempotent repeats do not count). */
-export const DEFAULT_REQUEST_LIMIT = { limit: 100, windowMs: 60 * 60 * 1000 } as const;
+/**
+ * New connection requests per user: 100 per hour, as a token bucket (a burst of 100, then one
+ * every 36 s). Idempotent repeats and accepts do not count.
+ */
+export const DEFAULT_REQUEST_LIMIT: RateRule = { burst: 100, perSecond: 100 / 3_600 };
 
 /** The domain's deps, with the protobuf event encoder as default. */
 export type ConnectionServiceDeps = Omit<ConnectionDomainDeps, "encodeEvent"> & {
@@ -48,7 +51,7 @@ export interface ConnectionServiceOptions {
    * (host:port). Without either, connections carry no devices.
    */
   readonly devices?: DeviceDirectory | { readonly keyAddress: string };
-  /** Limits new connection requests; default DEFAULT_REQUEST_LIMIT per user, in memory. */
+  /** Limits new connection requests; default DEFAULT_REQUEST_LIMIT per user, in memory (on `clock`). */
   readonly requestLimiter?: RateLimiter;
   /** The clock (tests). */
   readonly clock?: () => Date;
@@ -59,7 +62,7 @@ export interface ConnectionServiceParts {
   /** The use cases, for in-process callers and tests. */
   readonly domain: ConnectionDomain;
   readonly store: ConnectionStore;
-  /** Publishes what the outbox holds, then closes what it opened (store, key-service channel). */
+  /** Publishes what the outbox holds, then closes what it opened (store, key-service channel, limiter). */
   stop(): Promise<void>;
 }
 
@@ -81,11 +84,19 @@ export function createConnectionService(options: ConnectionServiceOptions): Conn
       ? createKeyServiceDeviceDirectory(options.devices.keyAddress)
       : undefined;
   const devices = keyDirectory ?? (options.devices as DeviceDirectory | undefined);
+  const clock = options.clock;
+  const ownLimiter =
+    options.requestLimiter === undefined
+      ? createMemoryRateLimiter(
+          DEFAULT_REQUEST_LIMIT,
+          clock === undefined ? {} : { now: () => clock().getTime() },
+        )
+      : undefined;
   const relay = startOutboxRelay(store.outbox, options.broker, { logger });
   const domain = createConnectionDomain({
     store,
     encodeEvent: encodeConnectionEvent,
-    requestLimiter: options.requestLimiter ?? createFixedWindowRateLimiter(DEFAULT_REQUEST_LIMIT),
+    requestLimiter: options.requestLimiter ?? (ownLimiter as RateLimiter),
     onEventsWritten: () => relay.notify(),
     reportError: (err, message) => logger.warn({ err }, message),
     ...(devices === undefined ? {} : { devices }),
@@ -98,6 +109,7 @@ export function createConnectionService(options: ConnectionServiceOptions): Conn
     async stop() {
       await relay.stop();
       keyDirectory?.close();
+      ownLimiter?.close();
       if (ownsStore) await store.close();
     },
   };

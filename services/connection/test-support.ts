@@ -17,6 +17,8 @@ import { Topics } from "../../lib/broker/broker.ts";
 import type { ErrorCode, ParleyError } from "../../lib/errors.ts";
 import { isParleyError } from "../../lib/errors.ts";
 import type { OutboxRecord } from "../../lib/outbox.ts";
+import type { RateRule } from "../../lib/rate-limit.ts";
+import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import { createSqliteConnectionStore } from "./adapters/sqlite/sqlite-connection-store.ts";
 import type { ConnectionDomain } from "./domain/connection-domain.ts";
 import { createConnectionDomain } from "./domain/connection-domain.ts";
@@ -90,16 +92,26 @@ export function decodeOutboxRecord(record: OutboxRecord): DecodedEvent {
   }
 }
 
-/** A domain over an in-memory SQLite store (or the given one), with the real event encoder and a manual clock. */
+/**
+ * A domain over an in-memory SQLite store (or the given one), with the real event encoder and a
+ * manual clock; `requestRate` limits connection requests with the in-memory limiter on that clock.
+ */
 export function createTestDomain(
-  options: { readonly store?: ConnectionStore } & Partial<Omit<ConnectionDomainDeps, "store">> = {},
+  options: {
+    readonly store?: ConnectionStore;
+    readonly requestRate?: RateRule;
+  } & Partial<Omit<ConnectionDomainDeps, "store">> = {},
 ): TestDomain {
+  const { requestRate, ...deps } = options;
   const store = options.store ?? createSqliteConnectionStore({ path: ":memory:" });
   const clock = manualClock();
   const domain = createConnectionDomain({
     encodeEvent: encodeConnectionEvent,
     clock: clock.now,
-    ...options,
+    ...(requestRate === undefined
+      ? {}
+      : { requestLimiter: createMemoryRateLimiter(requestRate, { now: () => clock.now().getTime() }) }),
+    ...deps,
     store,
   });
   return {

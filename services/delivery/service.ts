@@ -4,6 +4,8 @@ import type { Broker, BrokerMessage } from "../../lib/broker/broker.ts";
 import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
 import type { Logger } from "../../lib/logging.ts";
+import type { RateRule } from "../../lib/rate-limit.ts";
+import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import type { Registry } from "../../lib/registry/registry.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
 import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
@@ -12,7 +14,6 @@ import { startEventConsumers } from "./adapters/broker/event-consumers.ts";
 import { createGrpcEdgePusher } from "./adapters/grpc/edge-pusher.ts";
 import { createMemoryCheckpointStore } from "./adapters/memory/checkpoint-store.ts";
 import { createMemoryPresenceStore } from "./adapters/memory/presence-store.ts";
-import { createTokenBucketRateLimiter } from "./adapters/memory/token-bucket-rate-limiter.ts";
 import { createRegistryRouteDirectory } from "./adapters/registry/route-directory.ts";
 import type { DispatcherOptions } from "./domain/dispatch.ts";
 import { createDispatcher } from "./domain/dispatch.ts";
@@ -25,6 +26,12 @@ import { createDeliveryHandlers } from "./handlers.ts";
 
 /** Default gRPC port of the delivery service in the cluster profile (PARLEY_DELIVERY_PORT). */
 export const DELIVERY_DEFAULT_PORT = 7105;
+
+/**
+ * Typing updates per device: clients repeat typing about every 3 s, so 1 a second with a burst of
+ * 10 covers start/stop toggles.
+ */
+export const TYPING_RATE: RateRule = { burst: 10, perSecond: 1 };
 
 export interface DeliveryServiceOptions {
   readonly broker: Broker;
@@ -121,8 +128,7 @@ export async function createDeliveryService(options: DeliveryServiceOptions): Pr
     sweep.unref();
     stops.push(() => clearInterval(sweep));
 
-    // Clients repeat typing about every 3 s; a burst covers start/stop toggles.
-    const limiter = createTokenBucketRateLimiter({ burst: 10, perSecond: 1 });
+    const limiter = createMemoryRateLimiter(TYPING_RATE);
     stops.push(() => limiter.close());
     const setTyping = createTyping({ conversations, events, limiter });
 

@@ -5,11 +5,12 @@ import { grpcService } from "../../lib/grpc/server.ts";
 import type { Logger } from "../../lib/logging.ts";
 import type { OutboxRelay } from "../../lib/outbox.ts";
 import { startOutboxRelay } from "../../lib/outbox.ts";
+import type { RateRule } from "../../lib/rate-limit.ts";
+import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
 import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
 import { startKeyConsumer } from "./adapters/broker/key-consumer.ts";
 import { startMessageConsumer } from "./adapters/broker/message-consumer.ts";
-import { createTokenBucketRateLimiter } from "./adapters/memory/token-bucket.ts";
 import type { RetentionSweep } from "./adapters/sqlite/retention-sweep.ts";
 import { startRetentionSweep } from "./adapters/sqlite/retention-sweep.ts";
 import { createSqliteHistoryStore } from "./adapters/sqlite/sqlite-history-store.ts";
@@ -21,6 +22,9 @@ import { createHistoryHandlers } from "./handlers.ts";
 /** Default gRPC port of the history service in the cluster profile (PARLEY_HISTORY_PORT). */
 export const HISTORY_DEFAULT_PORT = 7104;
 
+/** RequestResend per device: a burst of 10, then one every 5 s. */
+export const DEFAULT_RESEND_RATE: RateRule = { burst: 10, perSecond: 0.2 };
+
 export interface HistoryServiceOptions {
   /** The SQLite file (`<dataDir>/parley.db`, shared with other services' tables), or ":memory:". */
   readonly dbPath: string;
@@ -31,8 +35,8 @@ export interface HistoryServiceOptions {
   readonly retentionMs?: number;
   /** How often the retention sweep runs. Default 60 s. */
   readonly sweepIntervalMs?: number;
-  /** RequestResend per device: burst, then this many per second. Defaults 10 and 0.2. */
-  readonly resendRateLimit?: { readonly burst: number; readonly perSecond: number };
+  /** RequestResend per device. Default DEFAULT_RESEND_RATE. */
+  readonly resendRateLimit?: RateRule;
   /** Delay before a failed MessageAccepted comes back (default: the broker's). */
   readonly redeliveryDelayMs?: number;
   /** The clock (tests). */
@@ -59,6 +63,11 @@ export interface HistoryServiceParts {
 export async function createHistoryService(options: HistoryServiceOptions): Promise<HistoryServiceParts> {
   const logger = options.logger.child({ component: "history" });
   const store = createSqliteHistoryStore({ path: options.dbPath });
+  const clock = options.now;
+  const resendLimiter = createMemoryRateLimiter(
+    options.resendRateLimit ?? DEFAULT_RESEND_RATE,
+    clock === undefined ? {} : { now: () => clock().getTime() },
+  );
   const started: { close(): Promise<void> }[] = [];
   let relay: OutboxRelay | undefined;
   let sweep: RetentionSweep | undefined;
@@ -67,6 +76,7 @@ export async function createHistoryService(options: HistoryServiceOptions): Prom
     await sweep?.stop();
     await relay?.stop();
     store.close();
+    resendLimiter.close();
   };
   try {
     const view = new ConversationView();
@@ -76,7 +86,7 @@ export async function createHistoryService(options: HistoryServiceOptions): Prom
     const history = createHistory({
       store,
       conversations: view,
-      resendLimiter: createTokenBucketRateLimiter(options.resendRateLimit ?? { burst: 10, perSecond: 0.2 }),
+      resendLimiter,
       retentionMs: options.retentionMs ?? DEFAULT_RETENTION_MS,
       onChange: () => outboxRelay.notify(),
       ...(options.now === undefined ? {} : { now: options.now }),

@@ -5,10 +5,11 @@ import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
 import type { Logger } from "../../lib/logging.ts";
 import { startOutboxRelay } from "../../lib/outbox.ts";
+import type { RateRule } from "../../lib/rate-limit.ts";
+import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
 import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
 import { createConversationRelationships } from "./adapters/memory/conversation-relationships.ts";
-import { createMemoryRateLimiter } from "./adapters/memory/token-bucket.ts";
 import { createSqliteKeyStore } from "./adapters/sqlite/sqlite-key-store.ts";
 import type { KeyStore } from "./domain/key-store.ts";
 import type { KeyDomain, KeyDomainDeps } from "./domain/keys.ts";
@@ -19,6 +20,17 @@ import { createKeyHandlers } from "./handlers.ts";
 
 /** Default gRPC port of the key service in the cluster profile (PARLEY_KEY_PORT). */
 export const KEY_DEFAULT_PORT = 7102;
+
+const HOUR_S = 3_600;
+
+/** Prekey bundles one caller may claim (one token per bundle): each budget refills over an hour. */
+export const DEFAULT_CLAIM_RATES: { readonly perTarget: RateRule; readonly perCaller: RateRule } = {
+  // From one target user: ten full fetches of their (at most 5) devices per hour.
+  perTarget: { burst: 50, perSecond: 50 / HOUR_S },
+  // Over all targets: starting sessions with every device of a full group (1,000 members x 5
+  // devices) must fit.
+  perCaller: { burst: 6_000, perSecond: 6_000 / HOUR_S },
+};
 
 /** The gRPC services of the key service over a domain wired to the given adapters. */
 export function keyServices(deps: KeyDomainDeps | KeyDomain): GrpcServiceRegistration[] {
@@ -38,6 +50,8 @@ export interface KeyServiceOptions {
    */
   readonly relationships?: RelationshipView;
   readonly settings?: Partial<KeySettings>;
+  /** Prekey claim budgets; each defaults to its DEFAULT_CLAIM_RATES entry. */
+  readonly claimRates?: { readonly perTarget?: RateRule; readonly perCaller?: RateRule };
   /** The clock (tests). */
   readonly now?: () => Date;
 }
@@ -47,7 +61,7 @@ export interface KeyServiceParts {
   /** The use cases, for in-process callers and tests (the edge asks `deviceStatus` through GetDeviceStatus). */
   readonly keys: KeyDomain;
   readonly store: KeyStore;
-  /** Stops following the broker, publishes what the outbox holds, then closes the store if it opened it. */
+  /** Stops following the broker, publishes what the outbox holds, closes the store (if it opened it) and the limiters. */
   stop(): Promise<void>;
 }
 
@@ -57,13 +71,29 @@ function isKeyStore(store: KeyServiceOptions["store"]): store is KeyStore {
 
 /**
  * The key service with its embedded adapters: the SQLite store (and its outbox, relayed to the
- * broker), an in-memory claim rate limiter and the membership view fed from the broker. Both the
+ * broker), in-memory prekey claim rate limiters and the membership view fed from the broker. Both the
  * embedded mesh and services/key/main.ts start it this way.
  */
 export async function createKeyService(options: KeyServiceOptions): Promise<KeyServiceParts> {
   const ownsStore = !isKeyStore(options.store);
   const store = isKeyStore(options.store) ? options.store : createSqliteKeyStore(options.store);
   const logger = options.logger.child({ component: "key" });
+  const clock = options.now;
+  const limiterOptions = clock === undefined ? {} : { now: () => clock().getTime() };
+  const claimLimiters = {
+    perTarget: createMemoryRateLimiter(
+      options.claimRates?.perTarget ?? DEFAULT_CLAIM_RATES.perTarget,
+      limiterOptions,
+    ),
+    perCaller: createMemoryRateLimiter(
+      options.claimRates?.perCaller ?? DEFAULT_CLAIM_RATES.perCaller,
+      limiterOptions,
+    ),
+  };
+  const closeLimiters = () => {
+    claimLimiters.perTarget.close();
+    claimLimiters.perCaller.close();
+  };
   let following: { close(): Promise<void> } | undefined;
   try {
     let relationships = options.relationships;
@@ -77,7 +107,7 @@ export async function createKeyService(options: KeyServiceOptions): Promise<KeyS
     const keys = createKeyDomain({
       store,
       relationships,
-      limiter: createMemoryRateLimiter(),
+      claimLimiters,
       onChange: () => relay.notify(),
       ...(options.settings === undefined ? {} : { settings: options.settings }),
       ...(options.now === undefined ? {} : { now: options.now }),
@@ -90,11 +120,13 @@ export async function createKeyService(options: KeyServiceOptions): Promise<KeyS
         await following?.close();
         await relay.stop();
         if (ownsStore) store.close();
+        closeLimiters();
       },
     };
   } catch (err) {
     await following?.close();
     if (ownsStore) store.close();
+    closeLimiters();
     throw err;
   }
 }

@@ -7,12 +7,13 @@ import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
 import { newMessageId } from "../../lib/ids.ts";
 import type { Logger } from "../../lib/logging.ts";
+import type { RateRule } from "../../lib/rate-limit.ts";
+import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
 import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
 import { createAcceptedMessagePublisher } from "./adapters/broker/accepted-message-publisher.ts";
 import { createKeyServiceDeviceDirectory } from "./adapters/key-service/device-directory.ts";
 import { createMemoryIdempotencyStore } from "./adapters/memory/idempotency-store.ts";
-import { createTokenBucketRateLimiter } from "./adapters/memory/token-bucket-rate-limiter.ts";
 import { createSqliteIdempotencyStore } from "./adapters/sqlite/sqlite-idempotency-store.ts";
 import type { SenderMetrics } from "./domain/ports.ts";
 import { createSendMessage } from "./domain/send-message.ts";
@@ -21,13 +22,16 @@ import { createSenderHandlers } from "./handlers.ts";
 /** Default gRPC port of the sender service in the cluster profile (PARLEY_SENDER_PORT). */
 export const SENDER_DEFAULT_PORT = 7103;
 
+/** Sends per device: a burst of 50, then 20 a second. */
+export const DEFAULT_SEND_RATE: RateRule = { burst: 50, perSecond: 20 };
+
 export interface SenderServiceOptions {
   readonly broker: Broker;
   /** host:port of the key service (device lists). */
   readonly keyAddress: string;
   readonly logger: Logger;
-  /** Per-device send rate: burst, then this many per second. Defaults 50 and 20. */
-  readonly rateLimit?: { readonly burst: number; readonly perSecond: number };
+  /** Per-device send rate. Default DEFAULT_SEND_RATE. */
+  readonly rateLimit?: RateRule;
   /**
    * SQLite file for idempotency keys (the embedded profile's durable stand-in for Redis), so a
    * retry after a crash gets the first id. Without it the keys live in memory only.
@@ -54,7 +58,7 @@ export async function createSenderService(options: SenderServiceOptions): Promis
     options.idempotencyPath === undefined
       ? createMemoryIdempotencyStore()
       : createSqliteIdempotencyStore({ path: options.idempotencyPath });
-  const rateLimiter = createTokenBucketRateLimiter(options.rateLimit ?? { burst: 50, perSecond: 20 });
+  const rateLimiter = createMemoryRateLimiter(options.rateLimit ?? DEFAULT_SEND_RATE);
   const sendMessage = createSendMessage({
     conversations: view,
     devices,

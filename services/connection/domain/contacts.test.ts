@@ -9,7 +9,7 @@ import {
 import { Topics } from "../../../lib/broker/broker.ts";
 import { unavailable } from "../../../lib/errors.ts";
 import { directConversationId } from "../../../lib/ids.ts";
-import { createFixedWindowRateLimiter } from "../adapters/memory/fixed-window-rate-limiter.ts";
+import { DEFAULT_REQUEST_LIMIT } from "../service.ts";
 import { connect, createTestDomain, createUsers, expectError, rejection, T0 } from "../test-support.ts";
 import type { ConnectionStore } from "./connection-store.ts";
 import { StoreConflictError } from "./connection-store.ts";
@@ -92,7 +92,7 @@ describe("connection requests", () => {
 
   it("returns a pending request unchanged when asked again, writing nothing", async () => {
     const d = createTestDomain({
-      requestLimiter: createFixedWindowRateLimiter({ limit: 1, windowMs: 60_000 }),
+      requestRate: { burst: 1, perSecond: 1 / 60 },
     });
     await createUsers(d, "alice", "bob");
     const first = await d.contacts.requestConnection("alice", "bob");
@@ -138,7 +138,7 @@ describe("connection requests", () => {
 
   it("limits new requests per user with RESOURCE_EXHAUSTED and a retry delay", async () => {
     const d = createTestDomain({
-      requestLimiter: createFixedWindowRateLimiter({ limit: 2, windowMs: 60_000 }),
+      requestRate: { burst: 2, perSecond: 2 / 60 },
     });
     await createUsers(d, "alice", "bob", "carol", "dave");
     await d.contacts.requestConnection("alice", "bob");
@@ -152,6 +152,32 @@ describe("connection requests", () => {
     // Accepting is not limited, nor are other users.
     await d.contacts.requestConnection("dave", "alice");
     await d.contacts.acceptConnection("alice", "dave");
+  });
+
+  it("gives requests back evenly (a token bucket, not a window): 100 an hour is one more every 36 s", async () => {
+    const d = createTestDomain({ requestRate: DEFAULT_REQUEST_LIMIT });
+    const others = Array.from({ length: 102 }, (_, i) => `user${i}`);
+    await createUsers(d, "alice", ...others);
+    for (const other of others.slice(0, 100)) await d.contacts.requestConnection("alice", other);
+    const err = await expectError(
+      d.contacts.requestConnection("alice", "user100"),
+      "resource_exhausted",
+      Reason.rateLimited,
+    );
+    expect(err.retryDelayMs).toBe(36_000);
+    d.clock.advance(35_999);
+    await expectError(
+      d.contacts.requestConnection("alice", "user100"),
+      "resource_exhausted",
+      Reason.rateLimited,
+    );
+    d.clock.advance(1);
+    await d.contacts.requestConnection("alice", "user100");
+    await expectError(
+      d.contacts.requestConnection("alice", "user101"),
+      "resource_exhausted",
+      Reason.rateLimited,
+    );
   });
 });
 

@@ -135,7 +135,7 @@ export class Contacts {
     if (!users.has(otherUserId)) throw userNotFound();
     await store.registerUser(callerId, this.#deps.clock());
     return present(
-      await this.#changePair(callerId, otherUserId, async (caller, other, now) => {
+      await this.#changePair(callerId, otherUserId, async (caller, other) => {
         // The caller's own block first: answering NOT_FOUND here would tell a caller who blocked
         // the other user that they were blocked back.
         if (caller === "blocked") throw userBlocked();
@@ -143,8 +143,8 @@ export class Contacts {
         if (caller === "accepted") throw alreadyConnected();
         if (caller === "pending_outgoing") return undefined;
         if (caller === "pending_incoming") return { caller: "accepted", other: "accepted" };
-        const waitMs = await this.#deps.requestLimiter.take(callerId, now);
-        if (waitMs !== undefined) throw rateLimited(waitMs);
+        const limit = await this.#deps.requestLimiter.take(callerId);
+        if (!limit.allowed) throw rateLimited(limit.retryAfterMs);
         return { caller: "pending_outgoing", other: "pending_incoming" };
       }),
     );

@@ -1,12 +1,11 @@
 import { newGroupId, newMessageId } from "../../../lib/ids.ts";
+import type { RateLimiter } from "../../../lib/rate-limit.ts";
 import type { ConnectionStore } from "./connection-store.ts";
 import { isStoreConflict } from "./connection-store.ts";
 import type { DeviceDirectory } from "./device-directory.ts";
 import { noDevices } from "./device-directory.ts";
 import { concurrentModification } from "./errors.ts";
 import type { EventEncoder } from "./events.ts";
-import type { RateLimiter } from "./rate-limiter.ts";
-import { unlimited } from "./rate-limiter.ts";
 
 /** What the connection domain needs from the outside. */
 export interface ConnectionDomainDeps {
@@ -15,7 +14,10 @@ export interface ConnectionDomainDeps {
   readonly encodeEvent: EventEncoder;
   /** Devices shown with ACCEPTED connections; none by default. */
   readonly devices?: DeviceDirectory;
-  /** Limits new connection requests per user; unlimited by default. */
+  /**
+   * Limits new connection requests: one token per request, keyed by the caller's user id.
+   * Unlimited by default.
+   */
   readonly requestLimiter?: RateLimiter;
   /** Called after a commit wrote events, so the outbox relay publishes at once. */
   readonly onEventsWritten?: () => void;
@@ -40,6 +42,13 @@ export interface ResolvedDeps {
   readonly newEventId: () => string;
   readonly newGroupId: () => string;
 }
+
+/** A limiter that allows everything. */
+const unlimited: RateLimiter = {
+  async take() {
+    return { allowed: true };
+  },
+};
 
 export function resolveDeps(deps: ConnectionDomainDeps): ResolvedDeps {
   return {

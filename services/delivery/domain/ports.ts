@@ -146,12 +146,6 @@ export interface EphemeralEvents {
   typingChanged(event: TypingChanged): void;
 }
 
-/** Per-device limit of typing updates. */
-export interface RateLimiter {
-  /** Takes one token; false when the key is over its limit. */
-  take(key: string): boolean;
-}
-
 export type PushMetricOutcome =
   | DeviceOutcome
   /** No route: the device is offline (it Syncs when it reconnects). */

@@ -1,8 +1,8 @@
 import { beforeEach, describe, expect, it } from "vitest";
 import type { TypingChanged } from "../../../gen/parley/events/v1/presence_events_pb.ts";
 import { ParleyError } from "../../../lib/errors.ts";
+import { createMemoryRateLimiter } from "../../../lib/rate-limit.ts";
 import type { ConversationView } from "../../../lib/views/conversation-view.ts";
-import { createTokenBucketRateLimiter } from "../adapters/memory/token-bucket-rate-limiter.ts";
 import type { EphemeralEvents } from "./ports.ts";
 import { conversationWorld, ids } from "./test-fixtures.ts";
 import { createTyping, TYPING_TTL_MS } from "./typing.ts";
@@ -26,7 +26,7 @@ describe("typing", () => {
     const setTyping = createTyping({
       conversations: view,
       events,
-      limiter: createTokenBucketRateLimiter({ burst: 10, perSecond: 1, now: () => t }),
+      limiter: createMemoryRateLimiter({ burst: 10, perSecond: 1 }, { now: () => t }),
       now: () => t,
     });
     expect(await setTyping(device("alice", "phone"), ids.group, true)).toBe(t + TYPING_TTL_MS);
@@ -43,7 +43,7 @@ describe("typing", () => {
     const setTyping = createTyping({
       conversations: view,
       events,
-      limiter: createTokenBucketRateLimiter({ burst: 2, perSecond: 1, now: () => t }),
+      limiter: createMemoryRateLimiter({ burst: 2, perSecond: 1 }, { now: () => t }),
       now: () => t,
     });
     await expect(setTyping(device("erin", "phone"), ids.group, true)).rejects.toSatisfy(

@@ -2,8 +2,9 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { TypingChangedSchema } from "../../../gen/parley/events/v1/presence_events_pb.ts";
 import { notFound, resourceExhausted } from "../../../lib/errors.ts";
+import type { RateLimiter } from "../../../lib/rate-limit.ts";
 import { liveMembers } from "./audience.ts";
-import type { ConversationDirectory, DeviceRef, EphemeralEvents, RateLimiter } from "./ports.ts";
+import type { ConversationDirectory, DeviceRef, EphemeralEvents } from "./ports.ts";
 
 /** How long a typing indicator lasts without a repeat (delivery_service.proto). */
 export const TYPING_TTL_MS = 5_000;
@@ -11,6 +12,7 @@ export const TYPING_TTL_MS = 5_000;
 export interface TypingOptions {
   readonly conversations: ConversationDirectory;
   readonly events: EphemeralEvents;
+  /** Per device (`user/device`), one token per update. */
   readonly limiter: RateLimiter;
   readonly now?: () => number;
 }
@@ -32,8 +34,11 @@ export function createTyping(options: TypingOptions) {
     if (members === undefined || !members.includes(device.userId)) {
       throw notFound("CONVERSATION_NOT_FOUND", "conversation not found");
     }
-    if (!limiter.take(`${device.userId}/${device.deviceId}`)) {
-      throw resourceExhausted("RATE_LIMITED", "too many typing updates; drop them", { retryDelayMs: 1_000 });
+    const limit = await limiter.take(`${device.userId}/${device.deviceId}`);
+    if (!limit.allowed) {
+      throw resourceExhausted("RATE_LIMITED", "too many typing updates; drop them", {
+        retryDelayMs: limit.retryAfterMs,
+      });
     }
     const t = now();
     const expiresAt = typing ? t + TYPING_TTL_MS : undefined;

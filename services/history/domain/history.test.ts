@@ -7,8 +7,8 @@ import {
 } from "../../../gen/parley/events/v1/message_events_pb.ts";
 import { ReceiptRecordedSchema } from "../../../gen/parley/events/v1/receipt_events_pb.ts";
 import { ParleyError } from "../../../lib/errors.ts";
+import { createMemoryRateLimiter } from "../../../lib/rate-limit.ts";
 import { ConversationView } from "../../../lib/views/conversation-view.ts";
-import { createTokenBucketRateLimiter } from "../adapters/memory/token-bucket.ts";
 import { createSqliteHistoryStore } from "../adapters/sqlite/sqlite-history-store.ts";
 import { decodeCursor } from "./cursor.ts";
 import type { AcceptedMessage, History } from "./history.ts";
@@ -52,7 +52,7 @@ describe("history use cases", () => {
     history = createHistory({
       store,
       conversations: view,
-      resendLimiter: createTokenBucketRateLimiter({ burst: 2, perSecond: 1, now: () => clock.getTime() }),
+      resendLimiter: createMemoryRateLimiter({ burst: 2, perSecond: 1 }, { now: () => clock.getTime() }),
       now: () => clock,
       onChange: () => {
         changes++;

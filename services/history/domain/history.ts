@@ -7,6 +7,7 @@ import {
   positionInteger,
   positionString,
 } from "../../../lib/page-token.ts";
+import type { RateLimiter } from "../../../lib/rate-limit.ts";
 import { decodeCursor, encodeCursor } from "./cursor.ts";
 import { conversationNotFound, invalidCursor, messageNotFound, rateLimited } from "./errors.ts";
 import { messageStoredEvents, receiptRecordedEvent, resendRequestedEvent } from "./events.ts";
@@ -22,7 +23,7 @@ import type {
   StoredMessage,
 } from "./model.ts";
 import { EMPTY_STATE, sameDevice } from "./model.ts";
-import type { ConversationDirectory, ConversationMembership, RateLimiter } from "./ports.ts";
+import type { ConversationDirectory, ConversationMembership } from "./ports.ts";
 
 export const DEFAULT_RETENTION_MS = 30 * 24 * 60 * 60 * 1000;
 /** Page sizes of history_service.proto: the default when 0, and the most a call returns. */
@@ -104,7 +105,7 @@ export interface HistoryDeps {
   readonly store: HistoryStore;
   /** Membership, from the local view of `chat.memberships`: member-only reads never call connection. */
   readonly conversations: ConversationDirectory;
-  /** RequestResend per device. */
+  /** RequestResend per device (`user/device`), one token per request. */
   readonly resendLimiter: RateLimiter;
   /** How long messages, inbox items and receipts are kept after accepted_at. Default 30 days. */
   readonly retentionMs?: number;
@@ -361,8 +362,8 @@ export function createHistory(deps: HistoryDeps) {
     readonly traceparent: string;
   }): Promise<void> {
     requireMember(command.conversationId, command.device.userId);
-    const allowed = deps.resendLimiter.take(deviceKey(command.device));
-    if (!allowed.allowed) throw rateLimited(allowed.retryAfterMs);
+    const limit = await deps.resendLimiter.take(deviceKey(command.device));
+    if (!limit.allowed) throw rateLimited(limit.retryAfterMs);
     const at = now();
     const found = await store.findMessageForDevice({
       conversationId: command.conversationId,

@@ -10,10 +10,12 @@ import {
 import { Topics } from "../../../lib/broker/broker.ts";
 import type { ErrorCode } from "../../../lib/errors.ts";
 import { ParleyError } from "../../../lib/errors.ts";
+import type { RateRule } from "../../../lib/rate-limit.ts";
+import { createMemoryRateLimiter } from "../../../lib/rate-limit.ts";
 import { ConversationView } from "../../../lib/views/conversation-view.ts";
 import { createConversationRelationships } from "../adapters/memory/conversation-relationships.ts";
-import { createMemoryRateLimiter } from "../adapters/memory/token-bucket.ts";
 import { createSqliteKeyStore } from "../adapters/sqlite/sqlite-key-store.ts";
+import { DEFAULT_CLAIM_RATES } from "../service.ts";
 import {
   deviceKeys,
   fakeClock,
@@ -41,14 +43,21 @@ async function expectError(promise: Promise<unknown>, code: ErrorCode, reason: s
   return parley;
 }
 
-function setup(settings: Partial<KeySettings> = {}) {
+function setup(
+  settings: Partial<KeySettings> = {},
+  claimRates: { readonly perTarget?: RateRule; readonly perCaller?: RateRule } = {},
+) {
   const clock = fakeClock();
   const store: KeyStore = createSqliteKeyStore({ path: ":memory:" });
   const view = new ConversationView();
+  const limiter = (rule: RateRule) => createMemoryRateLimiter(rule, { now: () => clock.now().getTime() });
   const keys: KeyDomain = createKeyDomain({
     store,
     relationships: createConversationRelationships(view),
-    limiter: createMemoryRateLimiter(),
+    claimLimiters: {
+      perTarget: limiter(claimRates.perTarget ?? DEFAULT_CLAIM_RATES.perTarget),
+      perCaller: limiter(claimRates.perCaller ?? DEFAULT_CLAIM_RATES.perCaller),
+    },
     now: clock.now,
     settings,
   });
@@ -365,7 +374,8 @@ describe("key domain", () => {
     });
 
     it("limits how many bundles one caller claims from one user (RESOURCE_EXHAUSTED with a retry delay)", async () => {
-      const limited = setup({ claimBurstPerTarget: 10 });
+      // 10 bundles from one user, refilled over an hour.
+      const limited = setup({}, { perTarget: { burst: 10, perSecond: 10 / 3600 } });
       await limited.register(phone("alice"));
       limited.conversation("alice", "bob");
       const claim = () =>
@@ -381,6 +391,27 @@ describe("key domain", () => {
       expect(err.retryDelayMs).toBeGreaterThan(0);
       limited.clock.advance(err.retryDelayMs ?? 0);
       await claim();
+    });
+
+    it("limits a caller's claims over all targets, counting each requested device", async () => {
+      // 6 bundles in all, refilled over an hour; each target's own budget is the default 50.
+      const limited = setup({}, { perCaller: { burst: 6, perSecond: 6 / 3600 } });
+      await limited.register(phone("alice"));
+      await limited.register(phone("carol"));
+      limited.conversation("alice", "bob");
+      limited.conversation("carol", "bob");
+      const claim = (targetUserId: string, deviceIds: string[]) =>
+        limited.keys.getPrekeyBundles({ caller: phone("bob"), targetUserId, deviceIds, traceparent: "" });
+      await claim("alice", ["phone"]);
+      await claim("carol", []); // all devices: counts as the 5 a user may have
+      const err = await expectError(
+        claim("alice", ["phone"]),
+        "resource_exhausted",
+        "PREKEY_CLAIM_RATE_LIMITED",
+      );
+      expect(err.retryDelayMs).toBe(600_000);
+      limited.clock.advance(600_000);
+      await claim("carol", ["phone"]);
     });
   });
 

@@ -6,6 +6,7 @@ import {
   notFound,
   resourceExhausted,
 } from "../../../lib/errors.ts";
+import type { RateLimiter } from "../../../lib/rate-limit.ts";
 import type { KeyStore } from "./key-store.ts";
 import type {
   DeviceAddress,
@@ -18,14 +19,24 @@ import type {
   SignedPrekey,
 } from "./model.ts";
 import { DEFAULT_KEY_SETTINGS, stillValid } from "./model.ts";
-import type { RateLimiter } from "./rate-limiter.ts";
 import type { RelationshipView } from "./relationship-view.ts";
 import { xeddsaVerify } from "./xeddsa.ts";
+
+/**
+ * The two budgets a prekey claim spends from, one token per bundle (stops prekey draining). A
+ * claim must pass both; a refusal by the per-caller budget has already spent the per-target one.
+ */
+export interface ClaimLimiters {
+  /** Per caller and target user (key `caller>target`): stops draining one victim. */
+  readonly perTarget: RateLimiter;
+  /** Per caller (key: the caller's user id), over all targets. */
+  readonly perCaller: RateLimiter;
+}
 
 export interface KeyDomainDeps {
   readonly store: KeyStore;
   readonly relationships: RelationshipView;
-  readonly limiter: RateLimiter;
+  readonly claimLimiters: ClaimLimiters;
   readonly settings?: Partial<KeySettings>;
   /** The clock; tests pass a fake one. */
   readonly now?: () => Date;
@@ -195,7 +206,7 @@ export function decodePageToken(token: string): { readonly createdAt: Date; read
 /** The key service's use cases: checks and signatures here, atomic state changes in the store. */
 export function createKeyDomain(deps: KeyDomainDeps): KeyDomain {
   const settings: KeySettings = { ...DEFAULT_KEY_SETTINGS, ...deps.settings };
-  const { store, relationships, limiter } = deps;
+  const { store, relationships, claimLimiters } = deps;
   const clock = deps.now ?? (() => new Date());
   const changed = () => deps.onChange?.();
 
@@ -330,17 +341,11 @@ export function createKeyDomain(deps: KeyDomainDeps): KeyDomain {
       }
       const now = clock();
       const cost = deviceIds.length > 0 ? deviceIds.length : settings.maxDevices;
-      const rule = (burst: number) => ({ burst, refillMs: settings.claimRefillMs });
-      const wait =
-        (await limiter.take(
-          `${caller.userId}>${targetUserId}`,
-          cost,
-          rule(settings.claimBurstPerTarget),
-          now,
-        )) || (await limiter.take(caller.userId, cost, rule(settings.claimBurstPerCaller), now));
-      if (wait > 0) {
+      const perTarget = await claimLimiters.perTarget.take(`${caller.userId}>${targetUserId}`, cost);
+      const limit = perTarget.allowed ? await claimLimiters.perCaller.take(caller.userId, cost) : perTarget;
+      if (!limit.allowed) {
         throw resourceExhausted("PREKEY_CLAIM_RATE_LIMITED", "too many prekey bundles claimed; retry later", {
-          retryDelayMs: wait,
+          retryDelayMs: limit.retryAfterMs,
         });
       }
       const excludeDeviceId = self ? caller.deviceId : undefined;

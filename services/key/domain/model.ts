@@ -94,12 +94,6 @@ export interface KeySettings {
   readonly maxGracePeriodMs: number;
   /** At most one PrekeysLow event per device in this period. */
   readonly prekeysLowIntervalMs: number;
-  /** Bundles one user may claim in a burst, over all targets (refilled over `claimRefillMs`). */
-  readonly claimBurstPerCaller: number;
-  /** Bundles one user may claim from one target user in a burst (stops draining one victim). */
-  readonly claimBurstPerTarget: number;
-  /** How long an empty claim budget takes to refill completely. */
-  readonly claimRefillMs: number;
   /** Default page size of ListDevices. */
   readonly defaultPageSize: number;
 }
@@ -114,11 +108,6 @@ export const DEFAULT_KEY_SETTINGS: KeySettings = {
   defaultGracePeriodMs: 7 * DAY,
   maxGracePeriodMs: 30 * DAY,
   prekeysLowIntervalMs: HOUR,
-  // Starting sessions with every device of a full group (1,000 members x 5 devices) must fit.
-  claimBurstPerCaller: 6_000,
-  // Ten full fetches of one user's (at most 5) devices per hour.
-  claimBurstPerTarget: 50,
-  claimRefillMs: HOUR,
   defaultPageSize: 100,
 };
 

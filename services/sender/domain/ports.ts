@@ -39,14 +39,6 @@ export interface IdempotencyStore {
   markPublished(key: string): Promise<void>;
 }
 
-/** Per-device send rate limit. */
-export interface RateLimiter {
-  /** Takes one token; `allowed: false` carries how long until one is available. */
-  take(
-    key: string,
-  ): Promise<{ readonly allowed: true } | { readonly allowed: false; readonly retryAfterMs: number }>;
-}
-
 /** An accepted message on its way to history: resolves once the broker holds it durably. */
 export interface AcceptedMessagePublisher {
   publish(message: AcceptedMessage): Promise<void>;

@@ -3,9 +3,9 @@ import { beforeEach, describe, expect, it } from "vitest";
 import type { Envelope } from "../../../gen/parley/common/v1/envelope_pb.ts";
 import { ContentKind, EnvelopeSchema } from "../../../gen/parley/common/v1/envelope_pb.ts";
 import { ParleyError } from "../../../lib/errors.ts";
+import { createMemoryRateLimiter } from "../../../lib/rate-limit.ts";
 import { ConversationView } from "../../../lib/views/conversation-view.ts";
 import { createMemoryIdempotencyStore } from "../adapters/memory/idempotency-store.ts";
-import { createTokenBucketRateLimiter } from "../adapters/memory/token-bucket-rate-limiter.ts";
 import type { AcceptedMessage, DeviceDirectory } from "./ports.ts";
 import type { SendCommand } from "./send-message.ts";
 import { createSendMessage } from "./send-message.ts";
@@ -72,7 +72,7 @@ beforeEach(() => {
     conversations: view,
     devices: deviceDirectory,
     idempotency: createMemoryIdempotencyStore(),
-    rateLimiter: createTokenBucketRateLimiter({ burst: 5, perSecond: 1, now: () => 0 }),
+    rateLimiter: createMemoryRateLimiter({ burst: 5, perSecond: 1 }, { now: () => 0 }),
     publisher: {
       async publish(message) {
         published.push(message);
@@ -135,7 +135,7 @@ describe("sending", () => {
       conversations: view,
       devices: deviceDirectory,
       idempotency,
-      rateLimiter: createTokenBucketRateLimiter({ burst: 5, perSecond: 1, now: () => 0 }),
+      rateLimiter: createMemoryRateLimiter({ burst: 5, perSecond: 1 }, { now: () => 0 }),
       publisher: {
         async publish(message) {
           attempts.push(message);
@@ -163,7 +163,7 @@ describe("sending", () => {
         conversations: view,
         devices: deviceDirectory,
         idempotency,
-        rateLimiter: createTokenBucketRateLimiter({ burst: 5, perSecond: 1, now: () => 0 }),
+        rateLimiter: createMemoryRateLimiter({ burst: 5, perSecond: 1 }, { now: () => 0 }),
         publisher: { publish },
         metrics: { blockedSenderDrop: () => {}, rateLimited: () => {} },
         newMessageId,

@@ -9,6 +9,7 @@ import {
   permissionDenied,
   resourceExhausted,
 } from "../../../lib/errors.ts";
+import type { RateLimiter } from "../../../lib/rate-limit.ts";
 import type {
   AcceptedMessagePublisher,
   AcceptedRecord,
@@ -16,7 +17,6 @@ import type {
   DeviceDirectory,
   DeviceRef,
   IdempotencyStore,
-  RateLimiter,
   SenderMetrics,
 } from "./ports.ts";
 
@@ -38,6 +38,7 @@ export interface SenderDeps {
   readonly conversations: ConversationDirectory;
   readonly devices: DeviceDirectory;
   readonly idempotency: IdempotencyStore;
+  /** Per device (`user/device`), one token per send. */
   readonly rateLimiter: RateLimiter;
   readonly publisher: AcceptedMessagePublisher;
   readonly metrics: SenderMetrics;

@@ -1,5 +1,6 @@
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
-import { fromBinary } from "@bufbuild/protobuf";
+import { fromBinary, isMessage } from "@bufbuild/protobuf";
+import type { Attributes } from "@opentelemetry/api";
 import {
   ContactChangedSchema,
   GroupRenamedSchema,
@@ -17,7 +18,9 @@ import {
 import { ReceiptRecordedSchema } from "../../../../gen/parley/events/v1/receipt_events_pb.ts";
 import type { Broker, BrokerMessage, Subscription } from "../../../../lib/broker/broker.ts";
 import { Topics } from "../../../../lib/broker/broker.ts";
+import { withConsumerSpan } from "../../../../lib/broker/tracing.ts";
 import type { Logger } from "../../../../lib/logging.ts";
+import { FORCE_TRACE_ATTRIBUTE } from "../../../../lib/telemetry.ts";
 import type { FanOut, FanOutResult } from "../../domain/fan-out.ts";
 
 /** The durable subscription delivery's workers share on every topic they consume. */
@@ -101,23 +104,31 @@ export async function startEventConsumers(options: EventConsumerOptions): Promis
               ? {}
               : { redeliveryDelayMs: options.redeliveryDelayMs }),
           },
-          async (message) => {
-            const event = decode(c, message);
-            if (event === undefined) return;
-            const result = await c.handle(event as never);
-            logResult(message, result);
-            await options.beforeAck?.(message, result);
-          },
+          (message) =>
+            // Continues the producer's trace: the PushBatch calls of the fan-out are its children.
+            withConsumerSpan(message, DELIVERY_SUBSCRIPTION, async (span) => {
+              const event = decode(c, message);
+              if (event === undefined) return;
+              span.setAttributes(eventAttributes(event));
+              const result = await c.handle(event as never);
+              span.setAttributes(resultAttributes(result));
+              logResult(message, result);
+              await options.beforeAck?.(message, result);
+            }),
         ),
       );
     }
     for (const c of ephemeral) {
       subscriptions.push(
-        await broker.follow(c.topic, {}, async (message) => {
-          const event = decode(c, message);
-          if (event === undefined) return;
-          logResult(message, await c.handle(event as never));
-        }),
+        await broker.follow(c.topic, {}, (message) =>
+          withConsumerSpan(message, DELIVERY_SUBSCRIPTION, async (span) => {
+            const event = decode(c, message);
+            if (event === undefined) return;
+            const result = await c.handle(event as never);
+            span.setAttributes(resultAttributes(result));
+            logResult(message, result);
+          }),
+        ),
       );
     }
   } catch (err) {
@@ -125,4 +136,39 @@ export async function startEventConsumers(options: EventConsumerOptions): Promis
     throw err;
   }
   return subscriptions;
+}
+
+/**
+ * Ids of a message event for its consumer span (never its ciphertext): MessageStored names the
+ * message, its conversation and part; ReceiptRecorded its conversation and the receipt's message ids.
+ */
+function eventAttributes(event: unknown): Attributes {
+  if (isMessage(event, MessageStoredSchema)) {
+    return {
+      "parley.message_id": event.message?.messageId ?? "",
+      "parley.conversation_id": event.message?.conversationId ?? "",
+      "parley.seq": Number(event.message?.seq ?? 0n),
+      "parley.part": event.part,
+      "parley.device.count": event.targets.length,
+      ...(event.forceTrace ? { [FORCE_TRACE_ATTRIBUTE]: true } : {}),
+    };
+  }
+  if (isMessage(event, ReceiptRecordedSchema)) {
+    return {
+      "parley.conversation_id": event.receipt?.conversationId ?? "",
+      "parley.receipt.up_to_seq": Number(event.receipt?.upToSeq ?? 0n),
+      ...(event.receipt === undefined || event.receipt.messageIds.length === 0
+        ? {}
+        : { "parley.message_ids": event.receipt.messageIds.slice(0, 32) }),
+    };
+  }
+  return {};
+}
+
+function resultAttributes(result: FanOutResult): Attributes {
+  const attributes: Attributes = {};
+  for (const [key, value] of Object.entries(result)) {
+    if (typeof value === "number" || typeof value === "string") attributes[`parley.fan_out.${key}`] = value;
+  }
+  return attributes;
 }

@@ -21,11 +21,11 @@ import { createEmbeddedBroker } from "../../../../lib/broker/embedded-broker.ts"
 import { createLogger } from "../../../../lib/logging.ts";
 import type { OutboxRelay } from "../../../../lib/outbox.ts";
 import { startOutboxRelay } from "../../../../lib/outbox.ts";
+import { createMemoryRateLimiter } from "../../../../lib/rate-limit.ts";
 import { ConversationView } from "../../../../lib/views/conversation-view.ts";
 import type { History } from "../../domain/history.ts";
 import { createHistory } from "../../domain/history.ts";
 import type { HistoryStore } from "../../domain/history-store.ts";
-import { createTokenBucketRateLimiter } from "../memory/token-bucket.ts";
 import { createSqliteHistoryStore } from "../sqlite/sqlite-history-store.ts";
 import { HISTORY_SUBSCRIPTION, startMessageConsumer } from "./message-consumer.ts";
 
@@ -104,7 +104,7 @@ describe("chat.messages consumer on the embedded broker", () => {
     const history = createHistory({
       store,
       conversations: new ConversationView(),
-      resendLimiter: createTokenBucketRateLimiter({ burst: 1, perSecond: 1 }),
+      resendLimiter: createMemoryRateLimiter({ burst: 1, perSecond: 1 }),
       onChange: () => outboxRelay.notify(),
     });
     return { broker, store, history };

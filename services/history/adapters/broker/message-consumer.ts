@@ -1,19 +1,19 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { context, propagation, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { context, propagation } from "@opentelemetry/api";
 import type { MessageAccepted } from "../../../../gen/parley/events/v1/message_events_pb.ts";
 import { MessageAcceptedSchema } from "../../../../gen/parley/events/v1/message_events_pb.ts";
 import type { Broker, BrokerMessage, Subscription } from "../../../../lib/broker/broker.ts";
 import { DEAD_LETTER_PROPERTIES, deadLetterTopic, Topics } from "../../../../lib/broker/broker.ts";
+import { withConsumerSpan } from "../../../../lib/broker/tracing.ts";
 import { validateMessage } from "../../../../lib/grpc/validation.ts";
 import type { Logger } from "../../../../lib/logging.ts";
+import { FORCE_TRACE_ATTRIBUTE } from "../../../../lib/telemetry.ts";
 import type { AcceptedMessage } from "../../domain/history.ts";
 import type { StoreMessageResult } from "../../domain/history-store.ts";
 
 /** The durable subscription of history on `chat.messages`: history workers share it (Key_Shared). */
 export const HISTORY_SUBSCRIPTION = "history";
-
-const tracer = trace.getTracer("parley.history");
 
 export interface MessageConsumerOptions {
   readonly broker: Broker;
@@ -56,22 +56,13 @@ export async function startMessageConsumer(options: MessageConsumerOptions): Pro
         await deadLetter(broker, message);
         return;
       }
-      const parent = propagation.extract(context.active(), message.properties);
-      await tracer.startActiveSpan(
-        "history.store_message",
-        {
-          kind: SpanKind.CONSUMER,
-          attributes: {
-            "messaging.destination.name": message.topic,
-            "messaging.message.id": message.id,
-            "parley.message_id": accepted.messageId,
-            "parley.conversation_id": accepted.conversationId,
-          },
-        },
-        parent,
+      // A consumer span continuing the sender's trace (the message's traceparent); MessageStored,
+      // written in the same transaction, carries this span's traceparent on to delivery.
+      await withConsumerSpan(
+        message,
+        HISTORY_SUBSCRIPTION,
         async (span) => {
           try {
-            // MessageStored continues the trace from this span when tracing is on.
             const carrier: Record<string, string> = {};
             propagation.inject(context.active(), carrier);
             const result = await options.ingest({
@@ -79,6 +70,7 @@ export async function startMessageConsumer(options: MessageConsumerOptions): Pro
               traceparent: carrier.traceparent ?? accepted.traceparent,
             });
             span.setAttribute("parley.seq", result.seq);
+            span.setAttribute("parley.store.outcome", result.outcome);
             if (result.outcome === "duplicate") {
               logger.info(
                 {
@@ -91,16 +83,20 @@ export async function startMessageConsumer(options: MessageConsumerOptions): Pro
               );
             }
           } catch (err) {
-            span.recordException(err as Error);
-            span.setStatus({ code: SpanStatusCode.ERROR });
             logger.warn(
               { err, messageId: accepted.messageId, redeliveryCount: message.redeliveryCount },
               "storing a message failed; it will be redelivered",
             );
             throw err;
-          } finally {
-            span.end();
           }
+        },
+        {
+          "parley.message_id": accepted.messageId,
+          "parley.conversation_id": accepted.conversationId,
+          "parley.sender.user_id": accepted.sender.userId,
+          "parley.sender.device_id": accepted.sender.deviceId,
+          "parley.recipient_device.count": accepted.recipientDevices.length,
+          ...(accepted.forceTrace ? { [FORCE_TRACE_ATTRIBUTE]: true } : {}),
         },
       );
     },

@@ -4,9 +4,9 @@
 import { join } from "node:path";
 import { createEmbeddedBroker } from "../../../../../lib/broker/embedded-broker.ts";
 import { createLogger } from "../../../../../lib/logging.ts";
+import { createMemoryRateLimiter } from "../../../../../lib/rate-limit.ts";
 import { ConversationView } from "../../../../../lib/views/conversation-view.ts";
 import { createHistory } from "../../../domain/history.ts";
-import { createTokenBucketRateLimiter } from "../../memory/token-bucket.ts";
 import { createSqliteHistoryStore } from "../../sqlite/sqlite-history-store.ts";
 import { startMessageConsumer } from "../message-consumer.ts";
 
@@ -17,7 +17,7 @@ const store = createSqliteHistoryStore({ path: join(dataDir, "parley.db") });
 const history = createHistory({
   store,
   conversations: new ConversationView(),
-  resendLimiter: createTokenBucketRateLimiter({ burst: 1, perSecond: 1 }),
+  resendLimiter: createMemoryRateLimiter({ burst: 1, perSecond: 1 }),
 });
 await startMessageConsumer({
   broker,
