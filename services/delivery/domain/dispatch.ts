@@ -54,6 +54,11 @@ export interface DispatchSummary {
   readonly alreadyPushed: number;
   /** In batches whose call failed for good. */
   readonly failed: number;
+  /**
+   * Of `failed`, those whose host was unreachable or too slow (not a refusal): a durable event
+   * with any is delivered again by the broker, and the checkpoints skip the batches that made it.
+   */
+  readonly unreachable: number;
 }
 
 export interface DispatcherOptions {
@@ -152,11 +157,15 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   /** host id@address -> until when batches for it fail at once. */
   const coolingDown = new Map<string, number>();
 
-  async function call(host: EdgeHostRef, batch: PushBatch): Promise<PushBatchResult | undefined> {
+  /** The host's answer, or why there is none: unreachable (worth another try later) or refused. */
+  async function call(
+    host: EdgeHostRef,
+    batch: PushBatch,
+  ): Promise<PushBatchResult | "unreachable" | "refused"> {
     const hostKey = `${host.hostId}@${host.pushAddress}`;
     const until = coolingDown.get(hostKey);
     if (until !== undefined) {
-      if (now() < until) return undefined;
+      if (now() < until) return "unreachable";
       coolingDown.delete(hostKey);
     }
     for (let attempt = 1; ; attempt++) {
@@ -178,9 +187,11 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
             attempts: attempt,
             devices: batch.routes.length,
           },
-          "push batch given up; its devices catch up through Sync",
+          retryable
+            ? "push batch given up for now; the event will be delivered again"
+            : "push batch refused; its devices catch up through Sync",
         );
-        return undefined;
+        return retryable ? "unreachable" : "refused";
       }
     }
   }
@@ -197,6 +208,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         overloaded: 0,
         alreadyPushed: 0,
         failed: 0,
+        unreachable: 0,
       };
       // Route every addressed device once; keep only what reaches a known host.
       const groups = new Map<string, HostGroup>();
@@ -251,9 +263,10 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
               continue;
             }
             const result = await call(group.host, batch);
-            if (result === undefined) {
+            if (typeof result === "string") {
               metrics.pushes("failed", batch.routes.length);
               tally.failed += batch.routes.length;
+              if (result === "unreachable") tally.unreachable += batch.routes.length;
               continue;
             }
             tally.batches++;

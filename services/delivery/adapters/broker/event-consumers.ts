@@ -58,7 +58,8 @@ function consumer<S extends DescMessage>(
  * Subscribes delivery to its topics: the durable ones (Key_Shared, subscription "delivery", so
  * workers share the work and each key keeps its order) and the non-persistent presence and typing
  * topics (followed). An event that cannot be decoded is logged and acknowledged: one bad event must
- * not hold its key. A fan-out that throws (the checkpoint store failed) is redelivered.
+ * not hold its key. A fan-out that throws (the checkpoint store failed) or that could not reach a
+ * device's host is redelivered.
  */
 export async function startEventConsumers(options: EventConsumerOptions): Promise<Subscription[]> {
   const { broker, fanOut, logger } = options;
@@ -113,6 +114,15 @@ export async function startEventConsumers(options: EventConsumerOptions): Promis
               const result = await c.handle(event as never);
               span.setAttributes(resultAttributes(result));
               logResult(message, result);
+              // A connected device whose host could not be reached would otherwise wait for its
+              // next reconnect: have the broker deliver the event again (the checkpoints skip the
+              // batches already pushed). Once the host's lease expires its routes vanish, and the
+              // devices count as offline (they Sync when they come back).
+              if ("unreachable" in result && result.unreachable > 0) {
+                throw new Error(
+                  `${result.unreachable} devices on unreachable edge hosts; retrying the event`,
+                );
+              }
               await options.beforeAck?.(message, result);
             }),
         ),
