@@ -127,7 +127,7 @@ describe("sending", () => {
     expect(published).toHaveLength(1);
   });
 
-  it("publishes a failed send again under the same id when the client retries", async () => {
+  it("publishes a failed send again under the same id when the client retries, without charging the rate again", async () => {
     const idempotency = createMemoryIdempotencyStore();
     let failNext = true;
     const attempts: AcceptedMessage[] = [];
@@ -135,7 +135,8 @@ describe("sending", () => {
       conversations: view,
       devices: deviceDirectory,
       idempotency,
-      rateLimiter: createMemoryRateLimiter({ burst: 5, perSecond: 1 }, { now: () => 0 }),
+      // One send's worth of budget: the retry of the reserved message must not need another.
+      rateLimiter: createMemoryRateLimiter({ burst: 1, perSecond: 0.001 }, { now: () => 0 }),
       publisher: {
         async publish(message) {
           attempts.push(message);

@@ -100,7 +100,12 @@ export function createSendMessage(deps: SenderDeps): (command: SendCommand) => P
     digest: string,
     reserved?: AcceptedRecord,
   ): Promise<SendOutcome> {
-    const limit = await deps.rateLimiter.take(`${command.sender.userId}/${command.sender.deviceId}`);
+    // A retry of a message whose id is already reserved is not a new send: it may not be refused
+    // for a rate the first attempt already paid for.
+    const limit =
+      reserved === undefined
+        ? await deps.rateLimiter.take(`${command.sender.userId}/${command.sender.deviceId}`)
+        : ({ allowed: true } as const);
     if (!limit.allowed) {
       deps.metrics.rateLimited();
       throw resourceExhausted(
