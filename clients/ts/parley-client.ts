@@ -328,6 +328,9 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
       }
       result = await page(new Uint8Array(0));
     }
+    // Where the inbox ended: resuming from it later misses nothing stored after this sync (an
+    // empty cursor would mean "live only"). It commits only behind the items still being handled.
+    if (owner && result.cursor.length > 0) cursors.mark(result.cursor);
     for (const [conversationId, lastSeq] of result.watermarks) {
       pipeline.raiseKnownSeq(conversationId, lastSeq);
     }

@@ -148,6 +148,19 @@ describe("history use cases", () => {
     );
   });
 
+  it("answers an empty inbox with the position of its end, from which later messages are found", async () => {
+    const fresh = dev("carol", "tablet");
+    const empty = await history.sync({ device: fresh, cursor: new Uint8Array(), pageSize: 0 });
+    expect(empty.items).toEqual([]);
+    expect(empty.nextCursor.length).toBeGreaterThan(0);
+    const later = accepted({ recipientDevices: [fresh] });
+    await history.ingest(later);
+    const next = await history.sync({ device: fresh, cursor: empty.nextCursor, pageSize: 0 });
+    expect(next.items.map((i) => (i.kind === "message" ? i.message.messageId : ""))).toEqual([
+      later.messageId,
+    ]);
+  });
+
   it("caps a Sync page at about 2 MiB whatever the page size", async () => {
     for (let i = 0; i < 600; i++) {
       await history.ingest(accepted({ payload: { case: "shared", ciphertext: new Uint8Array(4096) } }));

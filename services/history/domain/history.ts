@@ -203,7 +203,11 @@ export function createHistory(deps: HistoryDeps) {
       conversationIds.length === 0 ? new Map<string, number>() : await store.lastSeqs(conversationIds);
     return {
       items,
-      nextCursor: last === undefined ? command.cursor : last.cursor,
+      // An empty page still answers a real position (the end of the inbox): a device that stores
+      // it and resumes from it gets everything stored after this call, where an empty cursor
+      // would mean "live only" and skip what arrives before its stream is routed.
+      nextCursor:
+        last === undefined ? encodeCursor(command.device, Math.max(after, page.lastPosition)) : last.cursor,
       more: page.more || trimmed,
       watermarks: conversationIds.map((conversationId) => ({
         conversationId,

@@ -66,8 +66,9 @@ export type SyncResponse = Message<"parley.edge.v1.SyncResponse"> & {
   items: SyncItem[];
 
   /**
-   * Pass as the next request's cursor. Equal to the last item's cursor, or to the request's cursor
-   * when the page is empty. Store it only once the page's items are stored locally.
+   * Pass as the next request's cursor. Equal to the last item's cursor or, when the page is empty,
+   * to the end of the inbox: a device that resumes from it misses nothing stored after this call.
+   * Store it only once the page's items are stored locally.
    *
    * @generated from field: bytes next_cursor = 2;
    */
