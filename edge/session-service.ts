@@ -110,8 +110,8 @@ export function createSessionService(options: SessionServiceOptions): ServiceImp
 
   const fetchPage =
     (device: DeviceAddress, ctx: HandlerContext): FetchPage =>
-    (cursor, pageSize) =>
-      clients.history.sync({ device, cursor, pageSize }, { signal: ctx.signal });
+    (cursor, pageSize, fromOldestUnacknowledged) =>
+      clients.history.sync({ device, cursor, pageSize, fromOldestUnacknowledged }, { signal: ctx.signal });
 
   /** Writes the stream's frames until it ends; a client that goes away aborts it. */
   async function* serve(

@@ -75,13 +75,14 @@ describe("device stream", () => {
       }),
     ];
     const asked: string[] = [];
-    await s.resume(new TextEncoder().encode("c0"), async (cursor) => {
-      asked.push(new TextDecoder().decode(cursor));
+    await s.resume(new TextEncoder().encode("c0"), async (cursor, _size, fromOldestUnacknowledged) => {
+      asked.push(`${new TextDecoder().decode(cursor)}${fromOldestUnacknowledged ? "+oldest" : ""}`);
       // Live pushes land while the replay runs.
       if (asked.length === 2) s.push([message(2), message(4)]);
       return pages[asked.length - 1] as (typeof pages)[number];
     });
-    expect(asked).toEqual(["c0", "c2"]);
+    // Only the first page starts at the oldest unacknowledged message; the rest follow the cursors.
+    expect(asked).toEqual(["c0+oldest", "c2"]);
     // A late retry of an old push is dropped too.
     s.push([message(3), message(5)]);
     s.end();

@@ -104,7 +104,15 @@ export interface DeviceStreamOptions {
 }
 
 /** One page of the device's inbox, from history's Sync. */
-export type FetchPage = (cursor: Uint8Array, pageSize: number) => Promise<SyncResponse>;
+/**
+ * One page of the device's inbox after `cursor`; `fromOldestUnacknowledged` (the first page of a
+ * resume) starts earlier when a message before the cursor was never acknowledged.
+ */
+export type FetchPage = (
+  cursor: Uint8Array,
+  pageSize: number,
+  fromOldestUnacknowledged: boolean,
+) => Promise<SyncResponse>;
 
 export type PushOutcome = "pushed" | "overloaded" | "closed";
 
@@ -271,10 +279,15 @@ export class DeviceStream {
     const pageSize = Math.max(1, Math.min(MAX_REPLAY_PAGE, Math.floor(this.queue.limit / 2)));
     try {
       let next = cursor;
+      // The client's cursor may lie past a message it never got (pushes of different
+      // conversations arrive out of inbox order): the first page starts at the oldest one not
+      // acknowledged; what comes twice is dropped by message id, here and in the client.
+      let first = true;
       for (;;) {
         await this.queue.waitForRoom(pageSize);
         if (this.closing !== undefined) return;
-        const page = await fetchPage(next, pageSize);
+        const page = await fetchPage(next, pageSize, first);
+        first = false;
         if (this.closing !== undefined) return;
         const frames: ServerFrame[] = [];
         for (const item of page.items) {

@@ -21,6 +21,7 @@ export function createHistoryHandlers(history: History): GrpcServiceImplementati
         device: device(request.device),
         cursor: request.cursor,
         pageSize: request.pageSize,
+        fromOldestUnacknowledged: request.fromOldestUnacknowledged,
       });
       return {
         items: result.items.map((item) => ({

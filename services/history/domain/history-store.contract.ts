@@ -381,6 +381,11 @@ export function describeHistoryStoreContract(name: string, makeStore: MakeHistor
       // The laptop keeps its messages, plus bob's read receipt from the phone (read watermark still 0:
       // seqs 1 to 3 were only delivered).
       expect(seqsIn((await inbox(laptop)).items)).toEqual([1, 2, 3, 4, "r0"]);
+      // The oldest message still waiting for the phone's ack, and none once all are acknowledged.
+      const remaining = (await inbox(phone)).items[0];
+      expect(await store.oldestUnacknowledgedPosition(phone, at(1))).toBe(remaining?.position);
+      await mark(phone, c, "delivered", { upToSeq: 4 });
+      expect(await store.oldestUnacknowledgedPosition(phone, at(1))).toBeUndefined();
     });
 
     it("advances each member's watermarks over contiguous acknowledgements only", async () => {

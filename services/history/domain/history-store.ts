@@ -62,6 +62,12 @@ export interface HistoryStore {
     readonly lastPosition: number;
   }>;
 
+  /**
+   * The inbox position of the device's oldest message not yet acknowledged (its row still in the
+   * inbox and not expired), or undefined when none is left.
+   */
+  oldestUnacknowledgedPosition(device: DeviceRef, now: Date): Promise<number | undefined>;
+
   /** The highest seq assigned so far in each conversation (0 for a conversation with none). */
   lastSeqs(conversationIds: readonly string[]): Promise<ReadonlyMap<string, number>>;
 

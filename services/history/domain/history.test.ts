@@ -161,6 +161,58 @@ describe("history use cases", () => {
     ]);
   });
 
+  it("resumes from the oldest unacknowledged message when asked, even if the cursor lies past it", async () => {
+    const other = uuidv7();
+    view.applyMembership({
+      conversationId: other,
+      kind: "direct",
+      version: 1n,
+      memberUserIds: ["bob", "dave"],
+      deleted: false,
+    });
+    const bob = dev("bob");
+    const missed = accepted({ recipientDevices: [bob] });
+    await history.ingest(missed);
+    const seen = accepted({ conversationId: other, sender: dev("dave"), recipientDevices: [bob] });
+    await history.ingest(seen);
+    // The device got (and acked) the second push but never the first; its cursor is past both.
+    const page = await history.sync({ device: bob, cursor: new Uint8Array(), pageSize: 0 });
+    const cursorPastBoth = page.nextCursor;
+    await history.markDelivered({
+      device: bob,
+      conversationId: other,
+      target: { upToSeq: 1 },
+      at: undefined,
+      traceparent: "",
+    });
+    const plain = await history.sync({ device: bob, cursor: cursorPastBoth, pageSize: 0 });
+    expect(plain.items).toEqual([]);
+    const resumed = await history.sync({
+      device: bob,
+      cursor: cursorPastBoth,
+      pageSize: 0,
+      fromOldestUnacknowledged: true,
+    });
+    expect(resumed.items.map((i) => (i.kind === "message" ? i.message.messageId : "receipt"))).toEqual([
+      missed.messageId,
+    ]);
+    // Once acknowledged, nothing comes back.
+    await history.markDelivered({
+      device: bob,
+      conversationId: group,
+      target: { upToSeq: 1 },
+      at: undefined,
+      traceparent: "",
+    });
+    const after = await history.sync({
+      device: bob,
+      cursor: cursorPastBoth,
+      pageSize: 0,
+      fromOldestUnacknowledged: true,
+    });
+    expect(after.items.filter((i) => i.kind === "message")).toEqual([]);
+  });
+
   it("caps a Sync page at about 2 MiB whatever the page size", async () => {
     for (let i = 0; i < 600; i++) {
       await history.ingest(accepted({ payload: { case: "shared", ciphertext: new Uint8Array(4096) } }));

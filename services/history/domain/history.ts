@@ -188,11 +188,17 @@ export function createHistory(deps: HistoryDeps) {
     readonly device: DeviceRef;
     readonly cursor: Uint8Array;
     readonly pageSize: number;
+    readonly fromOldestUnacknowledged?: boolean;
   }): Promise<SyncResult> {
-    const after = decodeCursor(command.device, command.cursor);
+    const requested = decodeCursor(command.device, command.cursor);
+    const at = now();
+    const oldest = command.fromOldestUnacknowledged
+      ? await store.oldestUnacknowledgedPosition(command.device, at)
+      : undefined;
+    const after = oldest === undefined ? requested : Math.min(requested, oldest - 1);
     const limit = effectivePageSize(command.pageSize, SYNC_PAGE.default, SYNC_PAGE.max);
-    const page = await store.readInbox({ device: command.device, afterPosition: after, limit, now: now() });
-    if (after > page.lastPosition) throw invalidCursor("beyond the end of the device's inbox");
+    const page = await store.readInbox({ device: command.device, afterPosition: after, limit, now: at });
+    if (requested > page.lastPosition) throw invalidCursor("beyond the end of the device's inbox");
     const { taken, trimmed } = takeWithinBytes(page.items, inboxItemSize);
     const items = taken.map((item) => ({ ...item, cursor: encodeCursor(command.device, item.position) }));
     const last = items.at(-1);

@@ -313,6 +313,13 @@ export function createSqliteHistoryStore(options: SqliteHistoryStoreOptions): Hi
       };
     },
 
+    async oldestUnacknowledgedPosition(device, now) {
+      const row = q.oldestMessageInInbox.get(device.userId, device.deviceId, now.getTime()) as
+        | Row
+        | undefined;
+      return row === undefined || row.position === null ? undefined : Number(row.position);
+    },
+
     async lastSeqs(conversationIds) {
       return new Map(conversationIds.map((id) => [id, lastSeq(id)]));
     },
@@ -546,6 +553,11 @@ function statements(db: DatabaseSync) {
          AND (i.seq IS NULL OR (m.message_id IS NOT NULL AND m.expires_at > ?))
        ORDER BY i.position
        LIMIT ?`,
+    ),
+    // Message rows leave the inbox when acknowledged; receipts never need an ack.
+    oldestMessageInInbox: db.prepare(
+      `SELECT MIN(position) AS position FROM history_inbox
+       WHERE user_id = ? AND device_id = ? AND seq IS NOT NULL AND expires_at > ?`,
     ),
     messagesOldestFirst: messagesInRange("ASC"),
     messagesNewestFirst: messagesInRange("DESC"),
