@@ -101,6 +101,10 @@ export async function startEventConsumers(options: EventConsumerOptions): Promis
           {
             subscription: DELIVERY_SUBSCRIPTION,
             mode: "key_shared",
+            // An unreachable host keeps its event coming back until the host's lease expires
+            // (PARLEY_EDGE_LEASE_TTL, 10 s by default); the broker's default of 10 redeliveries at
+            // 1 s could dead-letter it just before. Two minutes of retries covers any sane TTL.
+            maxRedeliveries: 120,
             ...(options.redeliveryDelayMs === undefined
               ? {}
               : { redeliveryDelayMs: options.redeliveryDelayMs }),
