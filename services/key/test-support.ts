@@ -2,23 +2,13 @@
 // builders of real keys. Not used by production code.
 import { randomBytes } from "node:crypto";
 import { ed25519, x25519 } from "@noble/curves/ed25519.js";
-import { bytesToNumberLE, numberToBytesLE } from "@noble/curves/utils.js";
+import { bytesToNumberLE, concatBytes, numberToBytesLE } from "@noble/curves/utils.js";
 import { sha512 } from "@noble/hashes/sha2.js";
 import type { OneTimePrekey, SignedPrekey } from "./domain/model.ts";
 import { DJB_KEY_TYPE } from "./domain/xeddsa.ts";
 
 const Point = ed25519.Point;
 const L = Point.Fn.ORDER;
-
-function concat(...parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
 
 /**
  * XEdDSA signing with an X25519 private key.
@@ -53,11 +43,11 @@ export function xeddsaSign(
   const aPublic = A.toBytes();
   const prefix = new Uint8Array(32).fill(0xff);
   prefix[0] = 0xfe;
-  const r = bytesToNumberLE(sha512(concat(prefix, aBytes, message, random))) % L;
+  const r = bytesToNumberLE(sha512(concatBytes(prefix, aBytes, message, random))) % L;
   const R = Point.BASE.multiply(r).toBytes();
-  const h = bytesToNumberLE(sha512(concat(R, aPublic, message))) % L;
+  const h = bytesToNumberLE(sha512(concatBytes(R, aPublic, message))) % L;
   const s = (r + h * a) % L;
-  const signature = concat(R, numberToBytesLE(s, 32));
+  const signature = concatBytes(R, numberToBytesLE(s, 32));
   if (mode === "libsignal") signature[63] = ((signature[63] as number) & 0x7f) | signBit;
   return signature;
 }
@@ -74,7 +64,7 @@ export function generateKeyPair(): TestKeyPair {
 }
 
 export function serializePublicKey(u: Uint8Array): Uint8Array {
-  return concat(Uint8Array.of(DJB_KEY_TYPE), u);
+  return concatBytes(Uint8Array.of(DJB_KEY_TYPE), u);
 }
 
 /** A prekey signed by `identity`, as a device uploads it. */

@@ -1,5 +1,5 @@
 import { ed25519 } from "@noble/curves/ed25519.js";
-import { bytesToNumberLE, numberToBytesLE } from "@noble/curves/utils.js";
+import { bytesToNumberLE, concatBytes, equalBytes, numberToBytesLE } from "@noble/curves/utils.js";
 import { sha512 } from "@noble/hashes/sha2.js";
 
 /** Signal's type byte of a serialized Curve25519 public key ("DJB" type). */
@@ -71,7 +71,7 @@ export function xeddsaVerify(publicKey: Uint8Array, message: Uint8Array, signatu
   const s = bytesToNumberLE(sBytes);
   if (s >= TWO_253 || s >= L) return false;
   // R must be a canonical y (< p); the final byte comparison rejects anything else anyway.
-  const h = bytesToNumberLE(sha512(concat(rBytes, edwards.bytes, message))) % L;
+  const h = bytesToNumberLE(sha512(concatBytes(rBytes, edwards.bytes, message))) % L;
   const rCheck = Point.BASE.multiplyUnsafe(s).subtract(A.multiplyUnsafe(h));
   return equalBytes(rCheck.toBytes(), rBytes);
 }
@@ -81,21 +81,4 @@ export function isSerializedPublicKey(key: Uint8Array): boolean {
   return (
     key.length === PUBLIC_KEY_LENGTH && key[0] === DJB_KEY_TYPE && bytesToNumberLE(key.subarray(1)) < Fp.ORDER
   );
-}
-
-function concat(...parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
-
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= (a[i] as number) ^ (b[i] as number);
-  return diff === 0;
 }
