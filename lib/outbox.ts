@@ -15,14 +15,15 @@ export interface OutboxEvent extends OutgoingBrokerMessage {
 }
 
 export interface OutboxRecord extends OutboxEvent {
-  readonly id: number;
+  /** Opaque to the relay: an integer in SQLite, a timeuuid in Cassandra. */
+  readonly id: string;
 }
 
 /** Where a store keeps unpublished events; the store's adapter implements it beside its tables. */
 export interface Outbox {
   /** The oldest unpublished events, in the order they were written. */
   pending(limit: number): Promise<readonly OutboxRecord[]>;
-  markPublished(ids: readonly number[]): Promise<void>;
+  markPublished(ids: readonly string[]): Promise<void>;
 }
 
 /** An outbox table in an embedded SQLite store; `append` must be called inside the change's transaction. */
@@ -43,7 +44,7 @@ export function createSqliteOutbox(
     },
     async pending(limit) {
       return select.all(limit).map((row) => ({
-        id: Number(row.id),
+        id: String(row.id),
         topic: String(row.topic),
         key: String(row.key),
         payload: new Uint8Array(row.payload as Uint8Array),
@@ -53,7 +54,7 @@ export function createSqliteOutbox(
     async markPublished(ids) {
       db.exec("BEGIN IMMEDIATE");
       try {
-        for (const id of ids) remove.run(id);
+        for (const id of ids) remove.run(Number(id));
         db.exec("COMMIT");
       } catch (err) {
         db.exec("ROLLBACK");
