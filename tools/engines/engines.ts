@@ -99,7 +99,7 @@ function aptInstall(packages: readonly string[]) {
       env,
     });
   if (install().status !== 0) {
-    spawnSync("apt-get", ["update"], { stdio: "inherit", env });
+    spawnSync("apt-get", ["update"], { stdio: ["ignore", process.stderr, process.stderr], env });
     if (install().status !== 0) throw new EngineError(`apt-get could not install ${packages.join(", ")}`);
   }
 }
@@ -154,7 +154,8 @@ function resolveJars(engine: "cassandra" | "pulsar") {
       "dependency:copy-dependencies",
       `-DoutputDirectory=${target}`,
     ],
-    { stdio: ["ignore", "inherit", "inherit"] },
+    // Its output goes to stderr: stdout carries only the variables `up` prints for `eval`.
+    { stdio: ["ignore", process.stderr, process.stderr] },
   );
   if (result.status !== 0)
     throw new EngineError(`Maven could not resolve ${engine}'s jars (see its output above)`);
