@@ -95,7 +95,7 @@ function aptInstall(packages: readonly string[]) {
   const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
   const install = () =>
     spawnSync("apt-get", ["install", "-y", "--no-install-recommends", ...packages], {
-      stdio: "inherit",
+      stdio: ["ignore", process.stderr, process.stderr],
       env,
     });
   if (install().status !== 0) {
