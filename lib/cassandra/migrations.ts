@@ -21,6 +21,8 @@ export interface Migration {
 }
 
 const LEASE_TTL_SECONDS = 60;
+/** Schema statements run once: preparing them only fills the server's log with warnings. */
+const SCHEMA_CHANGE = { prepare: false } as const;
 
 export async function applyMigrations(
   client: CassandraClient,
@@ -55,7 +57,7 @@ export async function applyMigrations(
     const current = await appliedVersions();
     for (const migration of migrations) {
       if (current.has(migration.version)) continue;
-      for (const statement of migration.statements) await client.execute(statement);
+      for (const statement of migration.statements) await client.execute(statement, [], SCHEMA_CHANGE);
       await client.execute(
         "INSERT INTO schema_migrations (component, version, description, applied_at) VALUES (?, ?, ?, ?)",
         [component, migration.version, migration.description, new Date()],

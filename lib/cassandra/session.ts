@@ -53,6 +53,8 @@ export async function openCassandra(options: CassandraOptions): Promise<Cassandr
     await bootstrap.connect();
     await bootstrap.execute(
       `CREATE KEYSPACE IF NOT EXISTS ${options.keyspace} WITH replication = {'class': 'NetworkTopologyStrategy', '${options.localDataCenter}': ${replicationFactor}}`,
+      [],
+      { prepare: false },
     );
   } catch (err) {
     throw new Error(
