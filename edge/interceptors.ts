@@ -7,6 +7,7 @@ import { isParleyError, isUnexpectedError } from "../lib/errors.ts";
 import { validateMessage } from "../lib/grpc/validation.ts";
 import type { Logger } from "../lib/logging.ts";
 import { FORCE_TRACE_ATTRIBUTE } from "../lib/telemetry.ts";
+import { recordEdgeCall } from "./metrics.ts";
 
 const tracer = trace.getTracer("parley.edge");
 
@@ -20,7 +21,7 @@ const SERVER_FAULTS = new Set([
   Code.DataLoss,
 ]);
 
-export interface TracingInterceptorOptions {
+export interface TelemetryInterceptorOptions {
   /** Calls to sample whatever the ratio says (a Send with `force_trace`). */
   readonly forceTrace?: (req: UnaryRequest | StreamRequest) => boolean;
 }
@@ -28,28 +29,29 @@ export interface TracingInterceptorOptions {
 /**
  * A SERVER span per edge call (`rpc.system` connect_rpc), active while the handler runs, so the
  * internal gRPC calls it makes (lib/grpc client tracing) are its children and its log lines carry
- * its trace id. Outermost interceptor: the status is the one the client gets. Every call starts a
+ * its trace id; and the call's `rpc.server.call.duration` (edge/metrics.ts), measured over the
+ * span, as the conventions ask, in the same wrapper of the stream (every frame a device receives
+ * passes it). Outermost interceptor: the status is the one the client gets. Every call starts a
  * new trace: a public client's `traceparent` is not trusted (it could force sampling or join
  * someone else's trace). A streaming call's span lasts as long as its stream.
  */
-export function createTracingInterceptor(options: TracingInterceptorOptions = {}): Interceptor {
+export function createTelemetryInterceptor(options: TelemetryInterceptorOptions = {}): Interceptor {
   return (next) => async (req) => {
+    const started = performance.now();
+    const procedure = `${req.service.typeName}/${req.method.name}`;
     const attributes: Attributes = {
       "rpc.system": "connect_rpc",
       "rpc.service": req.service.typeName,
       "rpc.method": req.method.name,
       ...(options.forceTrace?.(req) === true ? { [FORCE_TRACE_ATTRIBUTE]: true } : {}),
     };
-    const span = tracer.startSpan(
-      `${req.service.typeName}/${req.method.name}`,
-      { kind: SpanKind.SERVER, attributes },
-      ROOT_CONTEXT,
-    );
+    const span = tracer.startSpan(procedure, { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT);
+    const end = (err: unknown) => endCall(span, err, procedure, started);
     const ctx = trace.setSpan(ROOT_CONTEXT, span);
     try {
       const res = await context.with(ctx, () => next(req));
       if (!res.stream) {
-        endCallSpan(span, undefined);
+        end(undefined);
         return res;
       }
       const source = res.message[Symbol.asyncIterator]();
@@ -71,20 +73,21 @@ export function createTracingInterceptor(options: TracingInterceptorOptions = {}
             if (failure === undefined && source.return !== undefined) {
               await context.with(ctx, () => source.return?.())?.catch(() => undefined);
             }
-            endCallSpan(span, failure);
+            end(failure);
           }
         })(),
       };
     } catch (err) {
-      endCallSpan(span, err);
+      end(err);
       throw err;
     }
   };
 }
 
-function endCallSpan(span: Span, err: unknown): void {
-  if (err !== undefined) {
-    const code = ConnectError.from(err).code;
+function endCall(span: Span, err: unknown, procedure: string, started: number): void {
+  const code = err === undefined ? undefined : ConnectError.from(err).code;
+  recordEdgeCall(procedure, code, (performance.now() - started) / 1000);
+  if (code !== undefined) {
     // Connect's wire names: not_found, resource_exhausted...
     const name = (Code[code] ?? String(code)).replace(
       /[A-Z]/g,

@@ -5,7 +5,7 @@ import { EdgePushService, PushOutcome } from "../gen/parley/delivery/v1/edge_pus
 import type { GrpcServer } from "../lib/grpc/server.ts";
 import { createGrpcServer, grpcService } from "../lib/grpc/server.ts";
 import type { Logger } from "../lib/logging.ts";
-import type { MessageTraces } from "./streams/message-traces.ts";
+import type { PushedMessages } from "./streams/pushed-messages.ts";
 import type { PushBatchResponseInit, StreamHub } from "./streams/stream-hub.ts";
 
 const tracer = trace.getTracer("parley.edge");
@@ -20,9 +20,10 @@ const MAX_LISTED_IDS = 32;
  *
  * Each batch is one `edge.push` span under the PushBatch server span (so under delivery's trace of
  * the event): counts of devices and outcomes, and the message and conversation ids, never one span
- * per device. The traces of pushed messages are remembered for the devices' acks (`traces`).
+ * per device. Pushed messages are remembered for the devices' acks (`pushed`: links to their
+ * traces, and their acceptance times for the ack latency).
  */
-export function createPushServer(hub: StreamHub, logger: Logger, traces?: MessageTraces): GrpcServer {
+export function createPushServer(hub: StreamHub, logger: Logger, pushed?: PushedMessages): GrpcServer {
   return createGrpcServer({
     name: "edge-push",
     logger,
@@ -38,7 +39,7 @@ export function createPushServer(hub: StreamHub, logger: Logger, traces?: Messag
               try {
                 const response = hub.push(request);
                 recordOutcomes(span, response);
-                if (traces !== undefined) rememberPushed(traces, request, response);
+                if (pushed !== undefined) rememberPushed(pushed, request, response);
                 return response;
               } catch (err) {
                 if (err instanceof Error) span.recordException(err);
@@ -93,20 +94,29 @@ function recordOutcomes(span: Span, response: PushBatchResponseInit): void {
   for (const [outcome, count] of Object.entries(counts)) span.setAttribute(`parley.push.${outcome}`, count);
 }
 
-/** Messages pushed (outcome PUSHED) to a device: their traces, for the device's ack to link to. */
-function rememberPushed(traces: MessageTraces, request: PushBatchRequest, response: PushBatchResponseInit) {
+/** Messages pushed (outcome PUSHED) to a device, for the device's ack. */
+function rememberPushed(memory: PushedMessages, request: PushBatchRequest, response: PushBatchResponseInit) {
   const pushed = new Set<string>();
   for (const result of response.results ?? []) {
     if (result.outcome === PushOutcome.PUSHED && result.device !== undefined) {
       pushed.add(`${result.device.userId}/${result.device.deviceId}`);
     }
   }
+  if (pushed.size === 0) return;
   for (const item of request.items) {
-    if (item.payload.case !== "message" || item.traceparent === "") continue;
+    if (item.payload.case !== "message") continue;
     const message = item.payload.value;
+    const acceptedAt = message.acceptedAt;
+    const remembered = {
+      conversationId: message.conversationId,
+      messageId: message.messageId,
+      seq: message.seq,
+      acceptedAtMs:
+        acceptedAt === undefined ? undefined : Number(acceptedAt.seconds) * 1000 + acceptedAt.nanos / 1e6,
+    };
     for (const device of item.devices) {
       if (!pushed.has(`${device.userId}/${device.deviceId}`)) continue;
-      traces.remember(device, message, item.traceparent);
+      memory.remember(device, remembered, item.traceparent);
     }
   }
 }

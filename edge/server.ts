@@ -14,15 +14,16 @@ import { loadEdgeConfig } from "./config.ts";
 import { createHostDirectory, rendezvousHost } from "./host-directory.ts";
 import type { NodeHandlerFn } from "./http-server.ts";
 import { listenHttp } from "./http-server.ts";
-import { createErrorInterceptor, createTracingInterceptor, validationInterceptor } from "./interceptors.ts";
+import { createErrorInterceptor, createTelemetryInterceptor, validationInterceptor } from "./interceptors.ts";
 import { createInternalClients } from "./internal-clients.ts";
 import { createLeaseKeeper } from "./lease-keeper.ts";
+import { edgeStreamMetrics, observeStreams } from "./metrics.ts";
 import { createPushServer } from "./push-service.ts";
 import { edgeRoutes } from "./routes.ts";
 import { createSessionService } from "./session-service.ts";
 import { shutdownClose } from "./streams/device-stream.ts";
-import { createMessageTraces } from "./streams/message-traces.ts";
 import { createPresenceReporter } from "./streams/presence-reporter.ts";
+import { createPushedMessages } from "./streams/pushed-messages.ts";
 import { createStandaloneLease } from "./streams/standalone-lease.ts";
 import { createStreamHub } from "./streams/stream-hub.ts";
 import { withTransportAbort } from "./transport-scope.ts";
@@ -122,6 +123,7 @@ export async function startEdge(
     },
     logger: streamLogger,
     onDeviceRemoved: (device) => deviceCheck?.forget(device),
+    metrics: edgeStreamMetrics,
   });
   /** This edge served a RemoveDevice: the device's tokens and its stream here are revoked now. */
   const onDeviceRemoved = (device: DeviceAddress, removedAt: Date) => {
@@ -133,11 +135,12 @@ export async function startEdge(
     self: () => ({ ...identity, load: hub.size, state: hub.state }),
     logger,
   });
-  // What acks link to: the traces of the messages this edge pushed.
-  const traces = createMessageTraces();
+  // What acks link to and are measured from: the messages this edge pushed.
+  const pushed = createPushedMessages();
   const session = createSessionService({
     hub,
-    traces,
+    pushed,
+    metrics: edgeStreamMetrics,
     clients,
     directory,
     hostId: () => identity.hostId,
@@ -164,7 +167,7 @@ export async function startEdge(
     onLost: () => hub.closeAll(shutdownClose(SHUTDOWN_RETRY_AFTER_MS)),
     logger,
   });
-  const pushServer = registry === undefined ? undefined : createPushServer(hub, logger, traces);
+  const pushServer = registry === undefined ? undefined : createPushServer(hub, logger, pushed);
   let server: Awaited<ReturnType<typeof listenHttp>> | undefined;
   let pushAddress = "";
   try {
@@ -174,12 +177,12 @@ export async function startEdge(
     }
     const handler = connectNodeAdapter({
       routes: edgeRoutes({ clients, session, logger, onDeviceRemoved }),
-      // Outermost first: the call's span (so the error boundary's log lines carry its trace id and
-      // it sees the status the client gets); every error passes the error boundary; authentication
+      // Outermost first: the call's span and duration (so the error boundary's log lines carry its
+      // trace id and both see the status the client gets); every error passes the error boundary; authentication
       // comes before validation, so a caller without a valid token learns nothing about the
       // request schema.
       interceptors: [
-        createTracingInterceptor({ forceTrace: forcedSend }),
+        createTelemetryInterceptor({ forceTrace: forcedSend }),
         createErrorInterceptor(logger),
         createAuthInterceptor(auth.verifier),
         validationInterceptor,
@@ -214,6 +217,8 @@ export async function startEdge(
     },
     "edge listening",
   );
+
+  const stopObservingStreams = observeStreams(hub);
 
   // Load for placement, and the presence refresh of streams without client heartbeats.
   let reportedLoad = 0;
@@ -269,6 +274,7 @@ export async function startEdge(
           ?.revoke()
           .catch((err: unknown) => logger.warn({ err }, "could not revoke the edge's lease"));
         clients.close();
+        stopObservingStreams();
         logger.info({ host_id: identity.hostId }, "edge stopped");
       })();
       return stopping;

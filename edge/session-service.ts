@@ -35,11 +35,13 @@ import { FORCE_TRACE_ATTRIBUTE } from "../lib/telemetry.ts";
 import { authenticatedCaller, callingDevice } from "./auth/interceptor.ts";
 import type { HostDirectory } from "./host-directory.ts";
 import type { InternalClients } from "./internal-clients.ts";
+import type { StreamMetrics } from "./metrics.ts";
+import { noStreamMetrics } from "./metrics.ts";
 import type { PassthroughRoute } from "./passthrough.ts";
 import { toEdgeError } from "./passthrough.ts";
 import type { DeviceStream, FetchPage } from "./streams/device-stream.ts";
 import { Closes, durationOf, frame } from "./streams/device-stream.ts";
-import type { MessageTraces } from "./streams/message-traces.ts";
+import type { PushedMessages } from "./streams/pushed-messages.ts";
 import type { StreamHub } from "./streams/stream-hub.ts";
 import { currentTransportAbort } from "./transport-scope.ts";
 
@@ -55,8 +57,13 @@ export interface SessionServiceOptions {
    */
   readonly helloWaitMs: number;
   readonly logger: Logger;
-  /** Traces of the messages pushed here, which acks link to (edge/streams/message-traces.ts). */
-  readonly traces?: MessageTraces;
+  /**
+   * The messages pushed here (edge/streams/pushed-messages.ts): acks link to their traces and
+   * measure their latency from acceptance.
+   */
+  readonly pushed?: PushedMessages;
+  /** Where ack latencies go (edge/metrics.ts). Default: nowhere. */
+  readonly metrics?: StreamMetrics;
 }
 
 /** Client frames of one Session handled at once; reading pauses beyond it (HTTP/2 flow control). */
@@ -85,6 +92,7 @@ function route(edge: DescMethod, internal: DescMethod, localName: string): Passt
 export function createSessionService(options: SessionServiceOptions): ServiceImpl<typeof SessionService> {
   const { hub, clients, logger } = options;
   const calls = createSessionCalls(clients);
+  const acknowledge = createAcknowledge(options.pushed, options.metrics ?? noStreamMetrics);
 
   const statusOf = (err: unknown, ctx: HandlerContext, via: PassthroughRoute): Status => {
     const mapped = toEdgeError(err, ctx, via, logger);
@@ -159,7 +167,7 @@ export function createSessionService(options: SessionServiceOptions): ServiceImp
         hub,
         calls,
         statusOf,
-        traces: options.traces,
+        acknowledge,
         fetchPage: fetchPage(device, ctx),
         helloWaitMs: options.helloWaitMs,
       });
@@ -199,7 +207,7 @@ export function createSessionService(options: SessionServiceOptions): ServiceImp
       const ack = required(request.ack, "ack");
       const span = trace.getActiveSpan();
       span?.setAttributes(ackAttributes(callingDevice(ctx), ack));
-      span?.addLinks(ackLinks(options.traces, callingDevice(ctx), ack));
+      span?.addLinks(acknowledge(callingDevice(ctx), ack));
       try {
         return { acknowledgedUpToSeq: await calls.ack(callingDevice(ctx), ack, unaryOptions(ctx)) };
       } catch (err) {
@@ -297,7 +305,7 @@ interface FrameReaderOptions {
   readonly statusOf: (err: unknown, ctx: HandlerContext, via: PassthroughRoute) => Status;
   readonly fetchPage: FetchPage;
   readonly helloWaitMs: number;
-  readonly traces: MessageTraces | undefined;
+  readonly acknowledge: Acknowledge;
 }
 
 /**
@@ -413,7 +421,7 @@ function createFrameReader(
       }
       case "ack": {
         const ack = body.value;
-        const links = ackLinks(options.traces, device, ack);
+        const links = options.acknowledge(device, ack);
         // The ack of a traced message is traced too (its links say so), whatever the ratio.
         const attributes = {
           ...ackAttributes(device, ack),
@@ -573,16 +581,31 @@ function ackAttributes(device: DeviceAddress, ack: Acknowledgement): Attributes 
   };
 }
 
-/** Links from an ack to the traces of the messages it acknowledges, when this edge pushed them. */
-function ackLinks(traces: MessageTraces | undefined, device: DeviceAddress, ack: Acknowledgement): Link[] {
-  if (traces === undefined) return [];
-  return traces.take(
-    device,
-    ack.conversationId,
-    ack.target.case === "messageIds"
-      ? { messageIds: ack.target.value.messageIds }
-      : { upToSeq: ack.target.value ?? 0n },
-  );
+/** An ack arrived: the links to the traces of the messages it covers. */
+type Acknowledge = (device: DeviceAddress, ack: Acknowledgement) => Link[];
+
+/**
+ * For the messages this edge pushed that an ack covers: records each one's latency from its
+ * acceptance (the first ack of a message only), and gives the links to their traces.
+ */
+function createAcknowledge(pushed: PushedMessages | undefined, metrics: StreamMetrics): Acknowledge {
+  return (device, ack) => {
+    if (pushed === undefined) return [];
+    const covered = pushed.take(
+      device,
+      ack.conversationId,
+      ack.target.case === "messageIds"
+        ? { messageIds: ack.target.value.messageIds }
+        : { upToSeq: ack.target.value ?? 0n },
+    );
+    if (covered.acceptedAtMs.length > 0) {
+      const kind = ack.kind === ReceiptKind.READ ? "read" : "delivered";
+      const now = Date.now();
+      for (const acceptedAt of covered.acceptedAtMs)
+        metrics.acknowledged(kind, Math.max(0, now - acceptedAt) / 1000);
+    }
+    return covered.links;
+  };
 }
 
 function ackRoute(ack: Acknowledgement): PassthroughRoute {

@@ -4,6 +4,8 @@ import type { GrpcServiceRegistration } from "./grpc/server.ts";
 import { createGrpcServer } from "./grpc/server.ts";
 import type { Logger } from "./logging.ts";
 import { createLogger, LOG_LEVELS } from "./logging.ts";
+import type { MetricsEndpoint } from "./metrics.ts";
+import { metricsConfigSpec, startMetricsEndpoint } from "./metrics.ts";
 import type { StopTelemetry } from "./telemetry.ts";
 import { startTelemetry } from "./telemetry.ts";
 
@@ -40,9 +42,25 @@ export async function startGrpcService(options: {
 }
 
 /**
- * Runs a process until SIGTERM or SIGINT: telemetry first (so startup is traced), then `start`,
- * then a graceful stop in reverse order. A configuration error ends the process with exit code 78
- * (EX_CONFIG) and the list of bad variables, before anything listens.
+ * The default PARLEY_METRICS_PORT of each process (its Prometheus endpoint): distinct, so the
+ * cluster profile runs on one machine as it does on many; the embedded profile's one process uses
+ * the edge's. 9464 is OpenTelemetry's registered Prometheus port.
+ */
+export const METRICS_DEFAULT_PORTS: Readonly<Record<string, number>> = {
+  parley: 9464,
+  edge: 9464,
+  connection: 9465,
+  key: 9466,
+  sender: 9467,
+  history: 9468,
+  delivery: 9469,
+};
+
+/**
+ * Runs a process until SIGTERM or SIGINT: telemetry first (so startup is traced), its Prometheus
+ * endpoint (PARLEY_METRICS_HOST:PARLEY_METRICS_PORT, default METRICS_DEFAULT_PORTS[name]; 0 turns
+ * it off), then `start`, then a graceful stop in reverse order. A configuration error ends the
+ * process with exit code 78 (EX_CONFIG) and the list of bad variables, before anything listens.
  */
 export async function runProcess(
   name: string,
@@ -52,13 +70,23 @@ export async function runProcess(
   const level = LOG_LEVELS.find((l) => l === logLevel) ?? "info";
   const logger = createLogger(name, level);
   let stopTelemetry: StopTelemetry = async () => {};
+  let metricsEndpoint: MetricsEndpoint | undefined;
   let running: readonly RunningService[];
   try {
     // Inside the try: a bad OTEL_TRACES_SAMPLER(_ARG) is a ConfigError like any other.
     stopTelemetry = startTelemetry({ serviceName: `parley-${name}` });
+    const metricsConfig = loadConfig(metricsConfigSpec(METRICS_DEFAULT_PORTS[name] ?? 9464));
+    if (metricsConfig.metricsPort !== 0) {
+      metricsEndpoint = await startMetricsEndpoint({
+        host: metricsConfig.metricsHost,
+        port: metricsConfig.metricsPort,
+      });
+      logger.info({ url: metricsEndpoint.url }, "metrics endpoint listening");
+    }
     running = await start(logger);
   } catch (err) {
     logger.fatal({ err }, `${name} failed to start`);
+    await metricsEndpoint?.close();
     await stopTelemetry();
     process.exit(err instanceof Error && err.name === "ConfigError" ? 78 : 1);
   }
@@ -68,6 +96,8 @@ export async function runProcess(
     stopping = true;
     logger.info({ signal }, `${name} stopping`);
     for (const service of [...running].reverse()) await service.stop();
+    // Last, so a scrape during the drain still answers.
+    await metricsEndpoint?.close();
     await stopTelemetry();
     process.exit(0);
   };

@@ -2,7 +2,7 @@ import { ROOT_CONTEXT, SpanKind, TraceFlags, trace } from "@opentelemetry/api";
 import { SamplingDecision } from "@opentelemetry/sdk-trace";
 import { describe, expect, it } from "vitest";
 import { ConfigError } from "./config.ts";
-import { createSampler, FORCE_TRACE_ATTRIBUTE } from "./telemetry.ts";
+import { createSampler, FORCE_TRACE_ATTRIBUTE, startTelemetry } from "./telemetry.ts";
 
 const TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -42,5 +42,29 @@ describe("createSampler", () => {
     expect(() => createSampler({ OTEL_TRACES_SAMPLER: "sometimes" })).toThrow(ConfigError);
     expect(() => createSampler({ OTEL_TRACES_SAMPLER_ARG: "1.5" })).toThrow(/OTEL_TRACES_SAMPLER_ARG/);
     expect(() => createSampler({ OTEL_TRACES_SAMPLER_ARG: "x" })).toThrow(ConfigError);
+  });
+});
+
+describe("startTelemetry", () => {
+  it("refuses PARLEY_TRACE_FILE together with OTLP trace export, before starting anything", () => {
+    const saved = {
+      file: process.env.PARLEY_TRACE_FILE,
+      otlp: process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    };
+    process.env.PARLEY_TRACE_FILE = "/tmp/parley-never-written.jsonl";
+    process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = "http://127.0.0.1:4318/v1/traces";
+    try {
+      expect(() => startTelemetry({ serviceName: "conflict-test" })).toThrow(
+        /PARLEY_TRACE_FILE cannot be combined/,
+      );
+    } finally {
+      for (const [name, value] of [
+        ["PARLEY_TRACE_FILE", saved.file],
+        ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", saved.otlp],
+      ] as const) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+    }
   });
 });

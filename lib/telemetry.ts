@@ -1,14 +1,18 @@
 import type { Context, Link, SpanAttributes, SpanKind } from "@opentelemetry/api";
+import { metrics } from "@opentelemetry/api";
 import { startNodeSdk } from "@opentelemetry/sdk-node";
 import type { Sampler, SamplingResult } from "@opentelemetry/sdk-trace";
 import {
   AlwaysOffSampler,
   AlwaysOnSampler,
+  BatchSpanProcessor,
   ParentBasedSampler,
   SamplingDecision,
   TraceIdRatioBasedSampler,
 } from "@opentelemetry/sdk-trace";
 import { ConfigError, enumVar, loadConfig, optional, stringVar } from "./config.ts";
+import { attachMeterProvider } from "./metrics.ts";
+import { createSpanFileExporter } from "./span-file.ts";
 
 type StartOptions = Extract<NonNullable<Parameters<typeof startNodeSdk>[0]>, { spanProcessors?: unknown }>;
 type SpanProcessor = NonNullable<StartOptions["spanProcessors"]>[number];
@@ -99,24 +103,62 @@ const dropSpans: SpanProcessor = {
   shutdown: async () => {},
 };
 
+const traceFileSpec = { traceFile: optional(stringVar("PARLEY_TRACE_FILE")) };
+
+/** How often spans go to PARLEY_TRACE_FILE: soon enough for `npm run trace` right after a send. */
+const TRACE_FILE_DELAY_MS = 500;
+
 let running: StopTelemetry | undefined;
 
 /**
  * Starts the OpenTelemetry SDK once per process: W3C trace context propagation, and export over
- * OTLP only when OTEL_EXPORTER_OTLP_ENDPOINT (or its traces variant) is set. The protocol follows
- * OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf by default, grpc or http/json), as sdk-node reads the
- * standard OTEL_* variables itself. Sampling follows OTEL_TRACES_SAMPLER(_ARG), plus force_trace
- * (`createSampler`). Logs are not exported: they go to stdout as JSON.
+ * OTLP only when OTEL_EXPORTER_OTLP_ENDPOINT (or its traces or metrics variant) is set. The
+ * protocol follows OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf by default, grpc or http/json), as
+ * sdk-node reads the standard OTEL_* variables itself (OTEL_METRIC_EXPORT_INTERVAL too). Metrics
+ * exported over OTLP are the same instruments the Prometheus endpoint serves (lib/metrics.ts).
+ * Sampling follows OTEL_TRACES_SAMPLER(_ARG), plus force_trace (`createSampler`). Logs are not
+ * exported: they go to stdout as JSON.
+ *
+ * PARLEY_TRACE_FILE=<path> writes spans to a local JSON-lines file instead (`npm run trace`), for
+ * a machine without a collector; it cannot be combined with OTLP trace export (the SDK builds its
+ * OTLP span exporter only when it is given no span processor of ours).
  */
 export function startTelemetry(options: TelemetryOptions): StopTelemetry {
   if (running !== undefined) {
     return running;
   }
   const env = process.env;
-  const exporting = Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT);
+  const exportingTraces = Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT);
+  const exportingMetrics = Boolean(
+    env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+  );
   const sampler = createSampler(env);
+  const { traceFile } = loadConfig(traceFileSpec, env);
+  if (traceFile !== undefined && exportingTraces && options.spanProcessors === undefined) {
+    throw new ConfigError([
+      "PARLEY_TRACE_FILE cannot be combined with OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: unset one (the file is for machines without a collector)",
+    ]);
+  }
+  const fileProcessors =
+    traceFile === undefined
+      ? []
+      : [
+          new BatchSpanProcessor({
+            exporter: createSpanFileExporter(traceFile),
+            scheduledDelayMillis: TRACE_FILE_DELAY_MS,
+            // A 1,000-member fan-out makes many spans at once; the file takes them in bigger batches.
+            maxQueueSize: 16_384,
+            maxExportBatchSize: 2_048,
+          }),
+        ];
   const spanProcessors =
-    options.spanProcessors !== undefined ? [...options.spanProcessors] : exporting ? undefined : [dropSpans];
+    options.spanProcessors !== undefined
+      ? [...options.spanProcessors, ...fileProcessors]
+      : traceFile !== undefined
+        ? fileProcessors
+        : exportingTraces
+          ? undefined
+          : [dropSpans];
   const sdk = startNodeSdk({
     // The SDK's own diagnostics print plain text; keep them to warnings so stdout stays JSON.
     logLevel: env.OTEL_LOG_LEVEL ?? "warn",
@@ -124,12 +166,16 @@ export function startTelemetry(options: TelemetryOptions): StopTelemetry {
     logRecordProcessors: [],
     sampler,
     ...(spanProcessors === undefined ? {} : { spanProcessors }),
-    ...(exporting ? {} : { metricReaders: [] }),
+    // Without readers of ours, the SDK makes its OTLP reader from the environment.
+    ...(exportingMetrics ? {} : { metricReaders: [] }),
   });
+  // The provider the SDK registered (its OTLP reader): Parley's instruments record into it too.
+  const detachMetrics = exportingMetrics ? attachMeterProvider(metrics.getMeterProvider()) : () => {};
   const stop: StopTelemetry = async () => {
     if (running === stop) {
       running = undefined;
     }
+    detachMetrics();
     await sdk.shutdown();
   };
   running = stop;

@@ -13,6 +13,21 @@ import { createOutboundQueue } from "./outbound-queue.ts";
 
 export type StreamKind = "session" | "subscribe";
 
+/**
+ * Why a stream ended, for metrics: its Close frame's reason in lower case (`replaced`,
+ * `idle_timeout`...), else `ended` (the client finished), `aborted` (the transport went away) or
+ * `failed` (an error without a Close frame, e.g. a failed replay).
+ */
+export type StreamEnd =
+  | Lowercase<Exclude<keyof typeof CloseReason, "UNSPECIFIED">>
+  | "ended"
+  | "aborted"
+  | "failed";
+
+const CLOSE_REASON_NAMES = new Map<CloseReason, StreamEnd>(
+  Object.entries(CloseReason).map(([name, value]) => [value, name.toLowerCase() as StreamEnd]),
+);
+
 /** Why the edge ends a stream: the Close frame's reason and the code the stream then ends with. */
 export interface CloseSpec {
   readonly reason: CloseReason;
@@ -148,6 +163,8 @@ export class DeviceStream {
   activity: "active" | "idle" = "active";
   /** When presence was last reported for this stream (the hub's refresh reads it). */
   presenceReportedAt = 0;
+  /** Why it ended; undefined while open. */
+  endedBy: StreamEnd | undefined;
 
   private readonly options: DeviceStreamOptions;
   private readonly queue: OutboundQueue<ServerFrame>;
@@ -341,6 +358,7 @@ export class DeviceStream {
    */
   close(spec: CloseSpec): void {
     if (this.closing !== undefined) return;
+    this.endedBy = CLOSE_REASON_NAMES.get(spec.reason) ?? "failed";
     if (spec.errorReason === Closes.overloaded.errorReason) {
       this.held = [];
       this.queue.clear();
@@ -366,19 +384,24 @@ export class DeviceStream {
   /** Ends the stream with `error` after what is queued, without a Close frame (e.g. a failed replay). */
   fail(error: ParleyError): void {
     if (this.closing !== undefined) return;
+    this.endedBy = "failed";
     this.finish({ spec: undefined, error });
   }
 
   /** The client finished its side: what is queued is written, then the stream ends OK. */
   end(): void {
     if (this.closing !== undefined) return;
+    this.endedBy = "ended";
     this.finish({ spec: undefined, error: undefined });
   }
 
   /** The transport is gone (client cancelled, connection lost): nothing more can be written. */
   abort(): void {
     this.queue.clear();
-    if (this.closing === undefined) this.finish({ spec: undefined, error: undefined });
+    if (this.closing === undefined) {
+      this.endedBy = "aborted";
+      this.finish({ spec: undefined, error: undefined });
+    }
     this.queue.end();
   }
 

@@ -15,6 +15,8 @@ import { VALIDATION_FAILED } from "../../lib/grpc/validation.ts";
 import type { Logger } from "../../lib/logging.ts";
 import type { HostLease } from "../../lib/registry/registry.ts";
 import { tokenPredates } from "../auth/verifier.ts";
+import type { StreamMetrics } from "../metrics.ts";
+import { noStreamMetrics } from "../metrics.ts";
 import type { CloseSpec, StreamKind } from "./device-stream.ts";
 import { Closes, DeviceStream, deviceKey, shutdownClose } from "./device-stream.ts";
 import type { PresenceReporter } from "./presence-reporter.ts";
@@ -40,6 +42,8 @@ export interface StreamHubOptions {
    * The hub itself revokes the device's stream here, if it has one (see `revoke`).
    */
   readonly onDeviceRemoved?: (device: DeviceAddress, removedAt: Date) => void;
+  /** Streams opened and closed (edge/metrics.ts). Default: not counted. */
+  readonly metrics?: StreamMetrics;
 }
 
 export type PushBatchResponseInit = MessageInitShape<typeof PushBatchResponseSchema>;
@@ -114,6 +118,7 @@ export interface DrainOptions {
 
 export function createStreamHub(options: StreamHubOptions): StreamHub {
   const { logger, limits } = options;
+  const metrics = options.metrics ?? noStreamMetrics;
   const live = new Map<string, DeviceStream>();
   const answered = new Map<string, PushBatchResponseInit>();
   let nextId = 1;
@@ -131,6 +136,7 @@ export function createStreamHub(options: StreamHubOptions): StreamHub {
   };
 
   const onClose = (stream: DeviceStream) => {
+    metrics.closed(stream.endedBy ?? "failed");
     if (live.get(stream.key) === stream) {
       live.delete(stream.key);
       // Only when no newer stream of the device lives here: a replaced stream's DISCONNECTED
@@ -175,6 +181,7 @@ export function createStreamHub(options: StreamHubOptions): StreamHub {
           : { abortTransport: streamOptions.abortTransport }),
         onClose,
       });
+      metrics.opened(kind);
       const previous = live.get(stream.key);
       // In the map before the route exists: pushes routed to it meanwhile are held, not lost.
       live.set(stream.key, stream);

@@ -14,6 +14,8 @@ export interface BrokerContractOptions {
   readonly redeliveryDelayMs?: number;
   /** How long to wait for an expected delivery before failing. Default 10 s. */
   readonly timeoutMs?: number;
+  /** The adapter implements the optional `Broker.backlog`: its test joins the suite. */
+  readonly backlog?: boolean;
 }
 
 const TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -568,5 +570,46 @@ export function describeBrokerContract(
       await sleep(20);
       expect(late.map(text)).toEqual(["sentinel"]);
     });
+
+    if (options.backlog === true) {
+      it("backlog: counts what a subscription has not acknowledged, in flight or without a consumer", async () => {
+        const broker = await open();
+        const backlog = broker.backlog?.bind(broker);
+        if (backlog === undefined) throw new Error("this adapter was said to implement backlog()");
+        const topic = topicName("backlog");
+        const of = async (subscription: string) =>
+          (await backlog()).find((b) => b.topic === topic && b.subscription === subscription)?.messages;
+        const until = async (subscription: string, expected: number) => {
+          const deadline = Date.now() + timeoutMs;
+          let seen = await of(subscription);
+          while (seen !== expected) {
+            if (Date.now() > deadline)
+              throw new Error(`backlog of ${subscription} is ${seen}, not ${expected}`);
+            await sleep(20);
+            seen = await of(subscription);
+          }
+        };
+        let release: () => void = () => {};
+        const gate = new Promise<void>((resolve) => {
+          release = resolve;
+        });
+        const held: BrokerMessage[] = [];
+        const holding = await broker.subscribe(topic, { subscription: "held" }, async (m) => {
+          held.push(m);
+          await gate;
+        });
+        const done = await record(broker, topic, "done");
+        for (let i = 0; i < 5; i++) await broker.publish(topic, { key: `k${i}`, payload: bytes(`m${i}`) });
+        await waitFor(() => held.length === 5 && done.messages.length === 5, "5 messages on each");
+        await until("held", 5);
+        await until("done", 0);
+        release();
+        await until("held", 0);
+        await holding.close();
+        // Nobody consumes "held" now: what is published meanwhile is its backlog.
+        for (let i = 0; i < 3; i++) await broker.publish(topic, { key: "k", payload: bytes(`late${i}`) });
+        await until("held", 3);
+      });
+    }
   });
 }

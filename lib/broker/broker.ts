@@ -120,6 +120,9 @@ export interface Broker {
   /**
    * Publishes to a persistent topic and resolves once the broker has stored it durably (the
    * sender's SENT depends on it). Per key, messages are delivered in publish order.
+   * Resolves with the id consumers will see, or with an empty id when the broker stored the message
+   * but cannot say where: Pulsar answers a send it deduplicated (resent after a lost receipt)
+   * without the first copy's id. Use the id for tracing and logs, not for logic.
    */
   publish(topic: string, message: OutgoingBrokerMessage): Promise<{ readonly id: string }>;
   /**
@@ -146,6 +149,21 @@ export interface Broker {
    * acknowledgements, then releases the broker; publishing afterwards fails.
    */
   close(): Promise<void>;
+  /**
+   * Optional, for metrics (`parley.broker.backlog`): the messages each durable subscription has not
+   * acknowledged yet (Pulsar's `msgBacklog` in topic stats), for the subscriptions of the topics
+   * this broker client knows. Called at every metrics collection (every few seconds), so an
+   * adapter implements it only when it is cheap; without it the backlog is not reported.
+   */
+  backlog?(): Promise<readonly SubscriptionBacklog[]>;
+}
+
+/** One durable subscription's backlog. */
+export interface SubscriptionBacklog {
+  readonly topic: string;
+  readonly subscription: string;
+  /** Messages published to the topic and not yet acknowledged by the subscription. */
+  readonly messages: number;
 }
 
 /** Topic names, one place for every publisher and consumer. */

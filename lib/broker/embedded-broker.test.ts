@@ -13,7 +13,7 @@ import { createEmbeddedBroker } from "./embedded-broker.ts";
 
 const logger = createLogger("embedded-broker-test", "silent");
 
-describeBrokerContract("embedded", ({ path }) => createEmbeddedBroker({ path, logger }));
+describeBrokerContract("embedded", ({ path }) => createEmbeddedBroker({ path, logger }), { backlog: true });
 // A receive window of 8 makes subscriptions page through the file instead of holding everything in memory.
 describeBrokerContract("embedded, receive window 8", ({ path }) =>
   createEmbeddedBroker({ path, logger, receiveWindow: 8 }),

@@ -14,6 +14,7 @@ import { deadlineMiddleware } from "nice-grpc-client-middleware-deadline";
 import type { RetryOptions } from "nice-grpc-client-middleware-retry";
 import { retryMiddleware } from "nice-grpc-client-middleware-retry";
 import { ClientErrorWithTrailer } from "./grpc-error.ts";
+import { clientMetricsMiddleware } from "./metrics.ts";
 import type { GrpcClient } from "./service-definition.ts";
 import { toServiceDefinition } from "./service-definition.ts";
 import { clientTracingMiddleware } from "./tracing.ts";
@@ -81,7 +82,7 @@ const keepTrailerMiddleware: ClientMiddleware = async function* keepTrailer<Req,
 const channels = new WeakMap<object, Channel>();
 
 /**
- * A typed client with tracing, a default deadline and retries.
+ * A typed client with tracing, call duration metrics, a default deadline and retries.
  *
  * Retries: only unary calls, only on UNAVAILABLE (the server was not reached or is draining),
  * and by default only for methods the proto marks `idempotency_level = IDEMPOTENT` or
@@ -97,12 +98,13 @@ export function createGrpcClient<S extends DescService>(
   options: GrpcClientOptions = {},
 ): GrpcServiceClient<S> {
   const channel = typeof target === "string" ? createGrpcChannel(target, options) : target;
-  // Attached first runs last: tracing wraps everything, the deadline spans all attempts, and
-  // every attempt keeps its own trailer.
+  // Attached first runs last: tracing wraps everything, the duration metric covers every attempt,
+  // the deadline spans all attempts, and every attempt keeps its own trailer.
   const factory = createClientFactory()
     .use(keepTrailerMiddleware)
     .use(retryMiddleware)
     .use(deadlineMiddleware)
+    .use(clientMetricsMiddleware)
     .use(clientTracingMiddleware);
   const retryDefaults: RetryOptions = {
     retryMaxAttempts: options.retryMaxAttempts ?? 2,

@@ -12,6 +12,7 @@ import { ServerReflectionService } from "nice-grpc-server-reflection";
 import type { Logger } from "../logging.ts";
 import { createAccessLogMiddleware } from "./access-log.ts";
 import { createErrorMappingMiddleware } from "./error-mapping.ts";
+import { serverMetricsMiddleware } from "./metrics.ts";
 import { createReflection, ServerReflectionV1AlphaService } from "./reflection.ts";
 import type { GrpcServiceImplementation } from "./service-definition.ts";
 import { toServiceDefinition } from "./service-definition.ts";
@@ -63,8 +64,8 @@ export type GrpcServer = {
 };
 
 /**
- * A gRPC server for some of Parley's services with what every process needs: tracing, one log
- * line per RPC, the one error mapping, protovalidate on every request, `grpc.health.v1` and
+ * A gRPC server for some of Parley's services with what every process needs: tracing, RED
+ * metrics (`rpc.server.call.duration`), one log line per RPC, the one error mapping, protovalidate on every request, `grpc.health.v1` and
  * server reflection (v1 and v1alpha).
  */
 export function createGrpcServer<const T extends readonly DescService[]>(
@@ -77,9 +78,10 @@ export function createGrpcServer<const T extends readonly DescService[]>(
   const health = createHealthState();
 
   // Attached first runs first: tracing must wrap logging so each log line carries the trace id,
-  // and logging must wrap the error mapping so it sees the final status code.
+  // and logging and metrics must wrap the error mapping so they see the final status code.
   const server = createServer(options.channelOptions)
     .use(serverTracingMiddleware)
+    .use(serverMetricsMiddleware)
     .use(createAccessLogMiddleware(logger.child({ component: "grpc" })))
     .use(createErrorMappingMiddleware(logger))
     .use(createValidationMiddleware(descriptors, options.validator))

@@ -4,6 +4,7 @@ import type { Broker } from "../../lib/broker/broker.ts";
 import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
 import type { Logger } from "../../lib/logging.ts";
+import { countRejections } from "../../lib/metrics.ts";
 import { startOutboxRelay } from "../../lib/outbox.ts";
 import type { RateLimiter, RateRule } from "../../lib/rate-limit.ts";
 import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
@@ -96,7 +97,10 @@ export function createConnectionService(options: ConnectionServiceOptions): Conn
   const domain = createConnectionDomain({
     store,
     encodeEvent: encodeConnectionEvent,
-    requestLimiter: options.requestLimiter ?? (ownLimiter as RateLimiter),
+    requestLimiter: countRejections(
+      options.requestLimiter ?? (ownLimiter as RateLimiter),
+      "connection_request",
+    ),
     onEventsWritten: () => relay.notify(),
     reportError: (err, message) => logger.warn({ err }, message),
     ...(devices === undefined ? {} : { devices }),

@@ -1,9 +1,15 @@
-import { metrics } from "@opentelemetry/api";
+import type { Attributes } from "@opentelemetry/api";
 import { DeliveryService } from "../../gen/parley/delivery/v1/delivery_service_pb.ts";
 import type { Broker, BrokerMessage } from "../../lib/broker/broker.ts";
 import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
 import type { Logger } from "../../lib/logging.ts";
+import {
+  countRejections,
+  getMeter,
+  MESSAGE_LATENCY_BUCKETS_S,
+  observeBrokerBacklog,
+} from "../../lib/metrics.ts";
 import type { RateRule } from "../../lib/rate-limit.ts";
 import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import type { Registry } from "../../lib/registry/registry.ts";
@@ -130,7 +136,8 @@ export async function createDeliveryService(options: DeliveryServiceOptions): Pr
 
     const limiter = createMemoryRateLimiter(TYPING_RATE);
     stops.push(() => limiter.close());
-    const setTyping = createTyping({ conversations, events, limiter });
+    const setTyping = createTyping({ conversations, events, limiter: countRejections(limiter, "typing") });
+    stops.push(observeBrokerBacklog(options.broker));
 
     return {
       registrations: [grpcService(DeliveryService, createDeliveryHandlers({ presence, setTyping }))],
@@ -143,21 +150,46 @@ export async function createDeliveryService(options: DeliveryServiceOptions): Pr
 }
 
 function otelDeliveryMetrics(): DeliveryMetrics {
-  const meter = metrics.getMeter("parley-delivery");
-  const fanOut = meter.createHistogram("parley_delivery_fanout_devices", {
-    description: "Devices one event addresses, before routing",
+  const meter = getMeter("parley.delivery");
+  const fanOut = meter.createHistogram("parley.delivery.fanout", {
+    description: "Devices one event addresses, before routing, by event kind",
+    unit: "{device}",
     advice: { explicitBucketBoundaries: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000] },
   });
-  const hits = meter.createCounter("parley_delivery_checkpoint_hits", {
+  const hits = meter.createCounter("parley.delivery.checkpoint.hits", {
     description: "Batches skipped on a redelivered event because they were pushed before",
+    unit: "{batch}",
   });
-  const pushes = meter.createCounter("parley_delivery_pushes", {
+  const pushes = meter.createCounter("parley.delivery.pushes", {
     description:
       "Devices per push outcome (pushed, not_connected, stale_route, overloaded, offline, already_pushed, failed)",
+    unit: "{device}",
   });
+  const latency = meter.createHistogram("parley.message.push.latency", {
+    description:
+      "Time from a message's acceptance (accepted_at) to its push onto a recipient device's stream, per device",
+    unit: "s",
+    advice: { explicitBucketBoundaries: [...MESSAGE_LATENCY_BUCKETS_S] },
+  });
+  // Kinds and outcomes are a handful of constants: one attribute object each, made once.
+  const kinds = attributeCache("parley.event.kind");
+  const outcomes = attributeCache("parley.push.outcome");
   return {
-    fanOut: (kind, devices) => fanOut.record(devices, { kind }),
+    fanOut: (kind, devices) => fanOut.record(devices, kinds(kind)),
     checkpointHit: () => hits.add(1),
-    pushes: (outcome, devices) => pushes.add(devices, { outcome }),
+    pushes: (outcome, devices) => pushes.add(devices, outcomes(outcome)),
+    messagePushed: (ms) => latency.record(ms / 1000),
+  };
+}
+
+function attributeCache(name: string): (value: string) => Attributes {
+  const cache = new Map<string, Attributes>();
+  return (value) => {
+    let attributes = cache.get(value);
+    if (attributes === undefined) {
+      attributes = Object.freeze({ [name]: value });
+      cache.set(value, attributes);
+    }
+    return attributes;
   };
 }

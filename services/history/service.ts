@@ -3,6 +3,7 @@ import type { Broker, Subscription } from "../../lib/broker/broker.ts";
 import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
 import type { Logger } from "../../lib/logging.ts";
+import { countRejections, observeBrokerBacklog } from "../../lib/metrics.ts";
 import type { OutboxRelay } from "../../lib/outbox.ts";
 import { startOutboxRelay } from "../../lib/outbox.ts";
 import type { RateRule } from "../../lib/rate-limit.ts";
@@ -25,15 +26,30 @@ export const HISTORY_DEFAULT_PORT = 7104;
 /** RequestResend per device: a burst of 10, then one every 5 s. */
 export const DEFAULT_RESEND_RATE: RateRule = { burst: 10, perSecond: 0.2 };
 
-export interface HistoryServiceOptions {
-  /** The SQLite file (`<dataDir>/parley.db`, shared with other services' tables), or ":memory:". */
-  readonly dbPath: string;
+export type HistoryServiceOptions = HistoryServiceSettings &
+  (
+    | {
+        /** The SQLite file (`<dataDir>/parley.db`, shared with other services' tables), or ":memory:". */
+        readonly dbPath: string;
+        readonly store?: undefined;
+      }
+    | {
+        /**
+         * A store opened by the caller instead of the SQLite file (the cluster's Cassandra store,
+         * adapters/cassandra); stop() closes it. No retention sweep runs: it expires its own rows.
+         */
+        readonly store: HistoryStore;
+        readonly dbPath?: undefined;
+      }
+  );
+
+export interface HistoryServiceSettings {
   /** Where MessageAccepted (and KeyChanged: removed devices) comes from, MessageStored / ReceiptRecorded / ResendRequested go, and memberships are followed. */
   readonly broker: Broker;
   readonly logger: Logger;
   /** How long messages, inbox items and receipts are kept after accepted_at. Default 30 days. */
   readonly retentionMs?: number;
-  /** How often the retention sweep runs. Default 60 s. */
+  /** How often the retention sweep of the SQLite file runs. Default 60 s. */
   readonly sweepIntervalMs?: number;
   /** RequestResend per device. Default DEFAULT_RESEND_RATE. */
   readonly resendRateLimit?: RateRule;
@@ -55,14 +71,15 @@ export interface HistoryServiceParts {
 }
 
 /**
- * The history service with its embedded adapters: the SQLite store (and its outbox, relayed to
- * the broker), the membership view fed from `chat.memberships`, the `chat.messages` consumer, the
- * retention sweep and an in-memory RequestResend rate limit. Both the embedded mesh and
- * services/history/main.ts start it this way.
+ * The history service with its embedded adapters: the SQLite store (or the store passed in) and
+ * its outbox, relayed to the broker, the membership view fed from `chat.memberships`, the
+ * `chat.messages` consumer, the SQLite file's retention sweep and an in-memory RequestResend rate
+ * limit. Both the embedded mesh and services/history/main.ts start it this way.
  */
 export async function createHistoryService(options: HistoryServiceOptions): Promise<HistoryServiceParts> {
   const logger = options.logger.child({ component: "history" });
-  const store = createSqliteHistoryStore({ path: options.dbPath });
+  const store =
+    options.store !== undefined ? options.store : createSqliteHistoryStore({ path: options.dbPath });
   const clock = options.now;
   const resendLimiter = createMemoryRateLimiter(
     options.resendRateLimit ?? DEFAULT_RESEND_RATE,
@@ -71,7 +88,9 @@ export async function createHistoryService(options: HistoryServiceOptions): Prom
   const started: { close(): Promise<void> }[] = [];
   let relay: OutboxRelay | undefined;
   let sweep: RetentionSweep | undefined;
+  const stopObservingBacklog = observeBrokerBacklog(options.broker);
   const stopAll = async () => {
+    stopObservingBacklog();
     for (const part of started.splice(0).reverse()) await part.close();
     await sweep?.stop();
     await relay?.stop();
@@ -86,7 +105,7 @@ export async function createHistoryService(options: HistoryServiceOptions): Prom
     const history = createHistory({
       store,
       conversations: view,
-      resendLimiter,
+      resendLimiter: countRejections(resendLimiter, "resend"),
       retentionMs: options.retentionMs ?? DEFAULT_RETENTION_MS,
       onChange: () => outboxRelay.notify(),
       ...(options.now === undefined ? {} : { now: options.now }),
@@ -102,18 +121,21 @@ export async function createHistoryService(options: HistoryServiceOptions): Prom
     started.push(
       await startKeyConsumer({ broker: options.broker, deviceRemoved: history.deviceRemoved, logger }),
     );
-    const retention = startRetentionSweep(store, {
-      logger,
-      ...(options.sweepIntervalMs === undefined ? {} : { intervalMs: options.sweepIntervalMs }),
-      ...(options.now === undefined ? {} : { now: options.now }),
-    });
+    const retention =
+      options.store !== undefined
+        ? undefined
+        : startRetentionSweep(store, {
+            logger,
+            ...(options.sweepIntervalMs === undefined ? {} : { intervalMs: options.sweepIntervalMs }),
+            ...(options.now === undefined ? {} : { now: options.now }),
+          });
     sweep = retention;
     let stopping: Promise<void> | undefined;
     return {
       registrations: [grpcService(HistoryService, createHistoryHandlers(history))],
       history,
       store,
-      sweepNow: () => retention.runNow(),
+      sweepNow: () => retention?.runNow() ?? store.sweepExpired(options.now?.() ?? new Date()),
       stop() {
         stopping ??= stopAll();
         return stopping;

@@ -4,6 +4,7 @@ import type { Broker } from "../../lib/broker/broker.ts";
 import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
 import type { Logger } from "../../lib/logging.ts";
+import { countRejections } from "../../lib/metrics.ts";
 import { startOutboxRelay } from "../../lib/outbox.ts";
 import type { RateRule } from "../../lib/rate-limit.ts";
 import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
@@ -39,7 +40,10 @@ export function keyServices(deps: KeyDomainDeps | KeyDomain): GrpcServiceRegistr
 }
 
 export interface KeyServiceOptions {
-  /** Where the keys live: a KeyStore, an open SQLite database, or the path of the SQLite file. */
+  /**
+   * Where the keys live: a ready KeyStore (e.g. createCassandraKeyStore in the cluster profile; the
+   * caller closes it), an open SQLite database, or the path of the SQLite file.
+   */
   readonly store: KeyStore | { readonly db: DatabaseSync } | { readonly path: string };
   /** Where KeyChanged and PrekeysLow events go (through the outbox), and where the view of who may see whose keys comes from. */
   readonly broker: Broker;
@@ -107,7 +111,10 @@ export async function createKeyService(options: KeyServiceOptions): Promise<KeyS
     const keys = createKeyDomain({
       store,
       relationships,
-      claimLimiters,
+      claimLimiters: {
+        perTarget: countRejections(claimLimiters.perTarget, "prekey_claim_per_target"),
+        perCaller: countRejections(claimLimiters.perCaller, "prekey_claim_per_caller"),
+      },
       onChange: () => relay.notify(),
       ...(options.settings === undefined ? {} : { settings: options.settings }),
       ...(options.now === undefined ? {} : { now: options.now }),

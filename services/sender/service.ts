@@ -1,4 +1,3 @@
-import { metrics } from "@opentelemetry/api";
 import { KeyService } from "../../gen/parley/key/v1/key_service_pb.ts";
 import { SenderService } from "../../gen/parley/sender/v1/sender_service_pb.ts";
 import type { Broker } from "../../lib/broker/broker.ts";
@@ -7,6 +6,7 @@ import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
 import { newMessageId } from "../../lib/ids.ts";
 import type { Logger } from "../../lib/logging.ts";
+import { countRejections, getMeter } from "../../lib/metrics.ts";
 import type { RateRule } from "../../lib/rate-limit.ts";
 import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
@@ -63,7 +63,7 @@ export async function createSenderService(options: SenderServiceOptions): Promis
     conversations: view,
     devices,
     idempotency,
-    rateLimiter,
+    rateLimiter: countRejections(rateLimiter, "send_message"),
     publisher: createAcceptedMessagePublisher(options.broker),
     metrics: otelSenderMetrics(),
     newMessageId,
@@ -81,15 +81,16 @@ export async function createSenderService(options: SenderServiceOptions): Promis
 }
 
 function otelSenderMetrics(): SenderMetrics {
-  const meter = metrics.getMeter("parley-sender");
-  const blocked = meter.createCounter("parley_sender_blocked_sender_drops", {
-    description: "Messages refused because a recipient blocks the sender",
+  const blocked = getMeter("parley.sender").createCounter("parley.sender.blocked_sender.drops", {
+    description:
+      "Recipients a message did not go to because they block its sender: direct (the 1:1 message is refused) or group (left out)",
+    unit: "{recipient}",
   });
-  const limited = meter.createCounter("parley_sender_rate_limited", {
-    description: "Sends refused by the per-device rate limit",
-  });
+  const kinds = {
+    direct: Object.freeze({ "parley.conversation.kind": "direct" }),
+    group: Object.freeze({ "parley.conversation.kind": "group" }),
+  };
   return {
-    blockedSenderDrop: () => blocked.add(1),
-    rateLimited: () => limited.add(1),
+    blockedSenderDrops: (kind, recipients) => blocked.add(recipients, kinds[kind]),
   };
 }

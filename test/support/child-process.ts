@@ -16,11 +16,15 @@ export interface MeshProcess {
   stop(graceMs?: number): Promise<number | string>;
 }
 
-/** Starts `node <script>` from the repository root on the same Node as the tests (Node 24). */
+/**
+ * Starts `node <script>` from the repository root on the same Node as the tests (Node 24). Its
+ * Prometheus endpoint is off (PARLEY_METRICS_PORT=0) unless `env` asks for one: a fixed default
+ * port would collide between test runs on one machine.
+ */
 export function startNodeProcess(script: string, env: Record<string, string> = {}): MeshProcess {
   const child = spawn(process.execPath, [script], {
     cwd: repoRoot,
-    env: { ...process.env, ...env },
+    env: { ...process.env, PARLEY_METRICS_PORT: "0", ...env },
     stdio: ["pipe", "pipe", "pipe"],
   });
   let output = "";

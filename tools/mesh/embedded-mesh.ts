@@ -31,6 +31,8 @@ export interface EmbeddedMeshOptions {
 
 export interface EmbeddedMesh {
   readonly edgeUrl: string;
+  /** host:port of the edge's internal EdgePushService (what delivery pushes to). */
+  readonly edgePushAddress: string;
   /** host:port of each internal service's gRPC server, by service name. */
   readonly internal: Readonly<Record<string, string>>;
   stop(): Promise<void>;
@@ -128,7 +130,7 @@ export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<E
       { registry, isDeviceActive: deviceCheck.isDeviceActive },
     );
     started.push({ name: "edge", address: edge.url, stop: edge.stop });
-    return { edgeUrl: edge.url, internal, stop: stopAll };
+    return { edgeUrl: edge.url, edgePushAddress: edge.pushAddress, internal, stop: stopAll };
   } catch (err) {
     await stopAll();
     throw err;

@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { ReceiptSchema } from "../../../gen/parley/common/v1/message_pb.ts";
+import { MessageSchema, ReceiptSchema } from "../../../gen/parley/common/v1/message_pb.ts";
 import { BATCH_LIMITS, batchIdOf } from "./dispatch.ts";
 import type { PlannedItem } from "./ports.ts";
 import { PushCallError } from "./ports.ts";
@@ -29,6 +30,39 @@ afterEach(async () => {
 });
 
 describe("dispatcher", () => {
+  it("measures each message's time from acceptance to its push, once per device its host took", async () => {
+    const h = testDispatcher(world, { now: () => 10_500 });
+    h.pusher.answer = (_host, batch) => ({
+      results: batch.routes.map((r) => ({
+        device: r.device,
+        outcome: r.device.userId === "carol" ? "not_connected" : "pushed",
+        routeRevision: r.revision,
+      })),
+      draining: false,
+    });
+    const message = (to: string): PlannedItem => {
+      const [userId = "", deviceId = ""] = to.split("/");
+      return {
+        devices: [{ userId, deviceId }],
+        payload: {
+          case: "message",
+          value: create(MessageSchema, { messageId: "m1", acceptedAt: timestampFromMs(10_000) }),
+        },
+        traceparent: "",
+      };
+    };
+    const result = await h.dispatcher.dispatch({ id: "m:m1:0", kind: "message", checkpoint: true }, [
+      message("bob/phone"),
+      message("alice/laptop"),
+      message("carol/tablet"),
+      message("erin/phone"),
+      receiptTo("bob/phone"),
+    ]);
+    expect(result).toMatchObject({ pushed: 2, notConnected: 1, offline: 1 });
+    // bob and alice: pushed; carol: not connected; erin: offline; the receipt is no message.
+    expect(h.counts.pushLatenciesMs).toEqual([500, 500]);
+  });
+
   it("retries a batch that failed UNAVAILABLE with the same batch id and backoff, then succeeds", async () => {
     const h = testDispatcher(world);
     let failures = 2;

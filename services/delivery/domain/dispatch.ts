@@ -196,6 +196,18 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     }
   }
 
+  /** Each message item's latency from acceptance, once per device its host took it for. */
+  function recordPushLatencies(items: readonly PlannedItem[], reached: ReadonlySet<string>): void {
+    const at = now();
+    for (const item of items) {
+      if (item.payload.case !== "message") continue;
+      const acceptedAt = item.payload.value.acceptedAt;
+      if (acceptedAt === undefined) continue;
+      const latency = Math.max(0, at - (Number(acceptedAt.seconds) * 1000 + acceptedAt.nanos / 1e6));
+      for (const device of item.devices) if (reached.has(deviceKey(device))) metrics.messagePushed(latency);
+    }
+  }
+
   return {
     async dispatch(source, items) {
       const tally = {
@@ -270,10 +282,13 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
               continue;
             }
             tally.batches++;
+            const reached = new Set<string>();
             for (const outcome of result.results) {
               metrics.pushes(outcome.outcome, 1);
-              if (outcome.outcome === "pushed") tally.pushed++;
-              else if (outcome.outcome === "not_connected") tally.notConnected++;
+              if (outcome.outcome === "pushed") {
+                tally.pushed++;
+                reached.add(deviceKey(outcome.device));
+              } else if (outcome.outcome === "not_connected") tally.notConnected++;
               else if (outcome.outcome === "stale_route") tally.staleRoute++;
               else tally.overloaded++;
               // NOT_CONNECTED, STALE_ROUTE and OVERLOADED are not retried: the device Syncs. A
@@ -283,6 +298,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
                 routes.forgetOlderThan(used.device, outcome.routeRevision);
               }
             }
+            if (reached.size > 0) recordPushLatencies(part.items, reached);
             // Before the event is acknowledged: a redelivery after a crash from here on skips it.
             if (source.checkpoint) await checkpoints.record(batch.batchId);
           }

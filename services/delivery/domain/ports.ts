@@ -161,10 +161,16 @@ export interface DeliveryMetrics {
   fanOut(kind: string, devices: number): void;
   checkpointHit(): void;
   pushes(outcome: PushMetricOutcome, devices: number): void;
+  /**
+   * A message reached a device's stream (its host answered PUSHED), `ms` after the sender accepted
+   * it (its accepted_at): once per message and device, redeliveries included.
+   */
+  messagePushed(ms: number): void;
 }
 
 export const noMetrics: DeliveryMetrics = {
   fanOut() {},
   checkpointHit() {},
   pushes() {},
+  messagePushed() {},
 };

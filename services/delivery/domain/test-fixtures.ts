@@ -140,6 +140,7 @@ export function countingMetrics() {
     fanOut: [] as Array<{ kind: string; devices: number }>,
     checkpointHits: 0,
     pushes: new Map<PushMetricOutcome, number>(),
+    pushLatenciesMs: [] as number[],
   };
   const metrics: DeliveryMetrics = {
     fanOut: (kind, devices) => counts.fanOut.push({ kind, devices }),
@@ -147,6 +148,7 @@ export function countingMetrics() {
       counts.checkpointHits++;
     },
     pushes: (outcome, devices) => counts.pushes.set(outcome, (counts.pushes.get(outcome) ?? 0) + devices),
+    messagePushed: (ms) => counts.pushLatenciesMs.push(ms),
   };
   return { metrics, counts };
 }

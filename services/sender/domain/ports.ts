@@ -61,8 +61,15 @@ export interface AcceptedMessage {
   readonly forceTrace: boolean;
 }
 
-/** Counts what SREs watch on the sender (metrics adapter in the process's main). */
+/**
+ * Counts what SREs watch on the sender (OpenTelemetry adapter in service.ts). Rate-limit refusals
+ * are counted by the limiter itself (lib/metrics.ts `countRejections`).
+ */
 export interface SenderMetrics {
-  blockedSenderDrop(): void;
-  rateLimited(): void;
+  /**
+   * Recipients a message did not go to because they block its sender: `direct`, a 1:1 message
+   * refused (RECIPIENT_REFUSES); `group`, members left out of an accepted group message (counted
+   * once per message, not again for its retries).
+   */
+  blockedSenderDrops(kind: "direct" | "group", recipients: number): void;
 }

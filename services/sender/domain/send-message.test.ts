@@ -45,7 +45,7 @@ function pairwise(devices: Record<string, string[]>, kind: number = ContentKind.
 
 let view: ConversationView;
 let published: AcceptedMessage[];
-let blockedDrops: number;
+let blockedDrops: Array<{ kind: string; recipients: number }>;
 let ids: number;
 let send: ReturnType<typeof createSendMessage>;
 
@@ -66,7 +66,7 @@ beforeEach(() => {
     deleted: false,
   });
   published = [];
-  blockedDrops = 0;
+  blockedDrops = [];
   ids = 0;
   send = createSendMessage({
     conversations: view,
@@ -78,7 +78,7 @@ beforeEach(() => {
         published.push(message);
       },
     },
-    metrics: { blockedSenderDrop: () => blockedDrops++, rateLimited: () => {} },
+    metrics: { blockedSenderDrops: (kind, recipients) => blockedDrops.push({ kind, recipients }) },
     newMessageId: () => `m-${++ids}`,
     now: () => new Date(1_000),
   });
@@ -146,7 +146,7 @@ describe("sending", () => {
           }
         },
       },
-      metrics: { blockedSenderDrop: () => {}, rateLimited: () => {} },
+      metrics: { blockedSenderDrops: () => {} },
       newMessageId: () => `m-${++ids}`,
     });
     await expect(flaky(command())).rejects.toThrow("broker unreachable");
@@ -166,7 +166,7 @@ describe("sending", () => {
         idempotency,
         rateLimiter: createMemoryRateLimiter({ burst: 5, perSecond: 1 }, { now: () => 0 }),
         publisher: { publish },
-        metrics: { blockedSenderDrop: () => {}, rateLimited: () => {} },
+        metrics: { blockedSenderDrops: () => {} },
         newMessageId,
       });
     // The process dies while publishing: the id was reserved, the publish never confirmed.
@@ -207,7 +207,7 @@ describe("sending", () => {
       send(command({ conversationId: direct, envelope: pairwise({ bob: ["phone"], alice: ["laptop"] }) })),
     );
     expect([err.code, err.reason]).toEqual(["permission_denied", "RECIPIENT_REFUSES"]);
-    expect(blockedDrops).toBe(1);
+    expect(blockedDrops).toEqual([{ kind: "direct", recipients: 1 }]);
     expect(published).toHaveLength(0);
   });
 
@@ -227,10 +227,12 @@ describe("sending", () => {
     );
   });
 
-  it("leaves out the devices of group members who block the sender", async () => {
+  it("leaves out the devices of group members who block the sender, and counts them once", async () => {
     view.applyBlock({ blocker: "carol", blocked: "alice", isBlocked: true, version: 1n });
     await send(command());
     expect(published[0]?.recipientDevices.map((d) => d.userId).sort()).toEqual(["alice", "bob"]);
+    await send(command());
+    expect(blockedDrops).toEqual([{ kind: "group", recipients: 1 }]);
   });
 
   it("ignores stale membership events", async () => {

@@ -107,7 +107,6 @@ export function createSendMessage(deps: SenderDeps): (command: SendCommand) => P
         ? await deps.rateLimiter.take(`${command.sender.userId}/${command.sender.deviceId}`)
         : ({ allowed: true } as const);
     if (!limit.allowed) {
-      deps.metrics.rateLimited();
       throw resourceExhausted(
         "RATE_LIMITED",
         "this device is sending too fast; retry later with the same client_message_id",
@@ -123,7 +122,7 @@ export function createSendMessage(deps: SenderDeps): (command: SendCommand) => P
     }
     const others = conversation.memberUserIds.filter((u) => u !== senderUser);
     if (conversation.kind === "direct" && others.some((u) => deps.conversations.blocks(u, senderUser))) {
-      deps.metrics.blockedSenderDrop();
+      deps.metrics.blockedSenderDrops("direct", 1);
       throw permissionDenied(
         "RECIPIENT_REFUSES",
         "the recipient does not accept messages from you in this conversation",
@@ -164,7 +163,10 @@ export function createSendMessage(deps: SenderDeps): (command: SendCommand) => P
     });
     await deps.idempotency.markPublished(key);
     // Ours only if this attempt made the reservation; otherwise an earlier attempt chose the id.
-    return { messageId, acceptedAt, duplicate: record.messageId !== fresh.messageId };
+    const duplicate = record.messageId !== fresh.messageId;
+    const blockers = others.length - (audience.length - 1);
+    if (blockers > 0 && !duplicate) deps.metrics.blockedSenderDrops("group", blockers);
+    return { messageId, acceptedAt, duplicate };
   }
 }
 
