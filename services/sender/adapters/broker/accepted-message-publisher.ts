@@ -4,12 +4,16 @@ import { MessageAcceptedSchema } from "../../../../gen/parley/events/v1/message_
 import type { Broker } from "../../../../lib/broker/broker.ts";
 import { Topics } from "../../../../lib/broker/broker.ts";
 import { withProducerSpan } from "../../../../lib/broker/tracing.ts";
+import { unavailable } from "../../../../lib/errors.ts";
 import type { AcceptedMessagePublisher } from "../../domain/ports.ts";
 
 /**
  * Publishes accepted messages to `chat.messages`, keyed by conversation so history keeps their order,
  * under a producer span (child of the SendMessage call) whose traceparent the event carries, in
  * its properties and in its `traceparent` field.
+ *
+ * A publish that fails (the broker is down or restarting) is UNAVAILABLE with a retry delay, not
+ * INTERNAL: nothing was accepted, and the client retries with the same client_message_id.
  */
 export function createAcceptedMessagePublisher(broker: Broker): AcceptedMessagePublisher {
   return {
@@ -33,11 +37,18 @@ export function createAcceptedMessagePublisher(broker: Broker): AcceptedMessageP
             traceparent: properties.traceparent ?? "",
             forceTrace: message.forceTrace,
           });
-          return broker.publish(Topics.messages, {
-            key: message.conversationId,
-            payload: toBinary(MessageAcceptedSchema, event),
-            properties,
-          });
+          return broker
+            .publish(Topics.messages, {
+              key: message.conversationId,
+              payload: toBinary(MessageAcceptedSchema, event),
+              properties,
+            })
+            .catch((err: unknown) => {
+              throw unavailable("BROKER_UNAVAILABLE", "the message broker is unavailable; retry", {
+                retryDelayMs: 1_000,
+                cause: err,
+              });
+            });
         },
         {
           attributes: {
