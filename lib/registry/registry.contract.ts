@@ -224,6 +224,8 @@ export function describeRegistryContract(
       await dying.assignDevice(userId("u"), "phone");
       await dying.assignDevice(userId("v"), "phone");
       await living.assignDevice(userId("w"), "phone");
+      // Watches may deliver after the write returned (etcd's do): count from when all three arrived.
+      await waitFor(() => cache.routes.size === 3, "the three routes");
       const before = cache.events.length;
       let lostLiving = false;
       void living.lost.then(() => {

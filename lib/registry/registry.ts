@@ -67,7 +67,8 @@ export interface HostLease {
 export interface Registry {
   /**
    * Registers a host under a lease of `ttlMs`, kept alive while the process lives; if the process
-   * stops renewing it (crash, partition), the host and its routes expire.
+   * stops renewing it (crash, partition), the host and its routes expire. An adapter may round the
+   * TTL up to what its engine grants (etcd: whole seconds, and at least its minimum TTL).
    */
   registerHost(host: Omit<EdgeHost, "startedAt">, options?: { readonly ttlMs?: number }): Promise<HostLease>;
   hosts(): Promise<readonly EdgeHost[]>;

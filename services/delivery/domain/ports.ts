@@ -93,7 +93,7 @@ export interface EdgePusher {
 
 /**
  * Finished batches, by batch id, so a redelivered event (a worker that crashed after pushing,
- * before acknowledging) resends nothing already pushed. Redis in the cluster (SET NX with a TTL,
+ * before acknowledging) resends nothing already pushed. Redis in the cluster (SET with a TTL,
  * shared by every delivery worker and surviving their crashes); an in-process map with a TTL in
  * the embedded profile.
  */
@@ -124,8 +124,9 @@ export interface UserPresenceRecord {
 }
 
 /**
- * Presence with TTLs: Redis in the cluster (per-device hashes with expiry, a sorted set of expiry
- * times for the sweep, a per-user record for last seen), in-process maps in the embedded profile.
+ * Presence with TTLs: Redis in the cluster (a hash of device entries per user, a sorted set of
+ * expiry times for the sweep, a per-user record for last seen, all expired by Redis), in-process
+ * maps in the embedded profile.
  */
 export interface PresenceStore {
   /** Records live devices, each until its `expiresAt`. */

@@ -7,7 +7,7 @@ export interface MemoryCheckpointStore extends CheckpointStore {
 
 /**
  * Finished batches in process memory with a TTL: the embedded profile's stand-in for Redis, which
- * holds them in the cluster (`SET <batch id> 1 NX PX <ttl>`), shared by every delivery worker and
+ * holds them in the cluster (`SET <batch id> 1 PX <ttl>`), shared by every delivery worker and
  * surviving a worker's crash. Here they live as long as the process, which is enough for what
  * they guard in one process: a handler that failed after pushing and whose event the broker
  * delivers again. The TTL only has to outlive the broker's redeliveries (default 1 h).
