@@ -1,10 +1,14 @@
-// The connection service alone in its own process (cluster profile): `node services/connection/main.ts`.
-// Until the Cassandra and Pulsar adapters land, it keeps contacts and groups in the embedded SQLite
-// file and publishes through the embedded broker's file, both in PARLEY_DATA_DIR.
+// The connection service alone in its own process: `node services/connection/main.ts`.
+// PARLEY_PROFILE=cluster runs it on Cassandra (contacts, groups) and Pulsar (events); the default,
+// embedded, on the SQLite file and the embedded broker's file in PARLEY_DATA_DIR.
 import { join } from "node:path";
+import type { Broker } from "../../lib/broker/broker.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
+import { loadProfile, openClusterBroker, openClusterCassandra } from "../../lib/cluster-engines.ts";
 import { loadConfig, stringVar } from "../../lib/config.ts";
 import { grpcServiceConfigSpec, runProcess, startGrpcService } from "../../lib/service-process.ts";
+import { createCassandraConnectionStore } from "./adapters/cassandra/cassandra-connection-store.ts";
+import type { ConnectionServiceOptions } from "./service.ts";
 import { CONNECTION_DEFAULT_PORT, createConnectionService } from "./service.ts";
 
 await runProcess("connection", async (logger) => {
@@ -14,9 +18,21 @@ await runProcess("connection", async (logger) => {
     // Where the key service answers GetIdentityKeys (devices shown with ACCEPTED connections).
     keyAddress: stringVar("PARLEY_KEY_ADDRESS", { default: "127.0.0.1:7102" }),
   });
-  const broker = await createEmbeddedBroker({ path: join(config.dataDir, "broker.db") });
+  const profile = loadProfile();
+  let broker: Broker;
+  let store: ConnectionServiceOptions["store"];
+  let closeEngines = async () => {};
+  if (profile.profile === "cluster") {
+    const cassandra = await openClusterCassandra(profile.engines, logger);
+    broker = await openClusterBroker(profile.engines, logger);
+    store = await createCassandraConnectionStore({ client: cassandra, logger });
+    closeEngines = () => cassandra.shutdown();
+  } else {
+    broker = await createEmbeddedBroker({ path: join(config.dataDir, "broker.db") });
+    store = { path: join(config.dataDir, "parley.db") };
+  }
   const connection = createConnectionService({
-    store: { path: join(config.dataDir, "parley.db") },
+    store,
     broker,
     logger,
     devices: { keyAddress: config.keyAddress },
@@ -28,7 +44,7 @@ await runProcess("connection", async (logger) => {
     services: connection.registrations,
     logger,
   });
-  // Stopped in reverse: the server first (drains calls), then the relay and store, then the broker.
+  // Stopped in reverse: the server first (drains calls), then the relay and store, then the engines.
   return [
     {
       name: "connection-parts",
@@ -36,6 +52,7 @@ await runProcess("connection", async (logger) => {
       stop: async () => {
         await connection.stop();
         await broker.close();
+        await closeEngines();
       },
     },
     server,

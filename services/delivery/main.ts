@@ -1,16 +1,26 @@
-// The delivery service alone in its own process (cluster profile): `node services/delivery/main.ts`.
-// Until the Pulsar adapter lands, it runs on the embedded broker's file in PARLEY_DATA_DIR.
-//
-// Until the etcd adapter of the registry lands, it runs on an in-process registry. That registry
-// cannot be shared across processes: no edge process can register its hosts or devices in it, so
-// this process pushes nothing (every device looks offline and catches up through Sync) while
-// presence, typing and GetPresence work. The embedded profile, where the edge and delivery share
-// one process and one registry, is where pushes work today.
+// A delivery worker in its own process: `node services/delivery/main.ts`. PARLEY_PROFILE=cluster
+// runs it on Pulsar (several workers share the subscriptions), with routes read from etcd and
+// fan-out checkpoints and presence in Redis; the default, embedded, on the embedded broker's file
+// in PARLEY_DATA_DIR and an in-process registry, which no edge process can write: there it pushes
+// nothing (devices catch up through Sync), and only the embedded mesh, where the edge shares the
+// process, pushes.
 import { join } from "node:path";
+import type { Broker } from "../../lib/broker/broker.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
+import {
+  closeRedisClient,
+  loadProfile,
+  openClusterBroker,
+  openClusterRedis,
+  openClusterRegistry,
+} from "../../lib/cluster-engines.ts";
 import { loadConfig, stringVar } from "../../lib/config.ts";
 import { createInProcessRegistry } from "../../lib/registry/in-process-registry.ts";
+import type { Registry } from "../../lib/registry/registry.ts";
 import { grpcServiceConfigSpec, runProcess, startGrpcService } from "../../lib/service-process.ts";
+import { createRedisCheckpointStore } from "./adapters/redis/checkpoint-store.ts";
+import { createRedisPresenceStore } from "./adapters/redis/presence-store.ts";
+import type { DeliveryServiceOptions } from "./service.ts";
 import { createDeliveryService, DELIVERY_DEFAULT_PORT } from "./service.ts";
 
 await runProcess("delivery", async (logger) => {
@@ -18,9 +28,26 @@ await runProcess("delivery", async (logger) => {
     ...grpcServiceConfigSpec("DELIVERY", DELIVERY_DEFAULT_PORT),
     dataDir: stringVar("PARLEY_DATA_DIR", { default: ".data" }),
   });
-  const broker = await createEmbeddedBroker({ path: join(config.dataDir, "broker.db") });
-  const registry = createInProcessRegistry();
-  const delivery = await createDeliveryService({ broker, registry, logger });
+  const profile = loadProfile();
+  let broker: Broker;
+  let registry: Registry;
+  let stores: Pick<DeliveryServiceOptions, "checkpoints" | "presenceStore"> = {};
+  let closeEngines = async () => {};
+  if (profile.profile === "cluster") {
+    const redis = openClusterRedis(profile.engines, logger, "parley-delivery");
+    const prefix = profile.engines.names.redisPrefix;
+    broker = await openClusterBroker(profile.engines, logger);
+    registry = openClusterRegistry(profile.engines, logger);
+    stores = {
+      checkpoints: createRedisCheckpointStore(redis, { keyPrefix: `${prefix}delivery:checkpoint:` }),
+      presenceStore: createRedisPresenceStore(redis, { keyPrefix: `${prefix}delivery:presence:` }),
+    };
+    closeEngines = () => closeRedisClient(redis);
+  } else {
+    broker = await createEmbeddedBroker({ path: join(config.dataDir, "broker.db") });
+    registry = createInProcessRegistry();
+  }
+  const delivery = await createDeliveryService({ broker, registry, logger, ...stores });
   const server = await startGrpcService({
     name: "delivery",
     host: config.host,
@@ -36,6 +63,7 @@ await runProcess("delivery", async (logger) => {
         await delivery.stop();
         await registry.close();
         await broker.close();
+        await closeEngines();
       },
     },
     server,

@@ -7,7 +7,7 @@ import { grpcService } from "../../lib/grpc/server.ts";
 import { newMessageId } from "../../lib/ids.ts";
 import type { Logger } from "../../lib/logging.ts";
 import { countRejections, getMeter } from "../../lib/metrics.ts";
-import type { RateRule } from "../../lib/rate-limit.ts";
+import type { RateLimiter, RateRule } from "../../lib/rate-limit.ts";
 import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
 import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
@@ -15,7 +15,7 @@ import { createAcceptedMessagePublisher } from "./adapters/broker/accepted-messa
 import { createKeyServiceDeviceDirectory } from "./adapters/key-service/device-directory.ts";
 import { createMemoryIdempotencyStore } from "./adapters/memory/idempotency-store.ts";
 import { createSqliteIdempotencyStore } from "./adapters/sqlite/sqlite-idempotency-store.ts";
-import type { SenderMetrics } from "./domain/ports.ts";
+import type { IdempotencyStore, SenderMetrics } from "./domain/ports.ts";
 import { createSendMessage } from "./domain/send-message.ts";
 import { createSenderHandlers } from "./handlers.ts";
 
@@ -37,6 +37,10 @@ export interface SenderServiceOptions {
    * retry after a crash gets the first id. Without it the keys live in memory only.
    */
   readonly idempotencyPath?: string;
+  /** Idempotency keys kept elsewhere (the cluster's Redis); takes precedence over idempotencyPath. */
+  readonly idempotency?: IdempotencyStore;
+  /** The per-device send limiter (the cluster's Redis one); default in memory with `rateLimit`. */
+  readonly rateLimiter?: RateLimiter;
 }
 
 export interface SenderServiceParts {
@@ -54,11 +58,19 @@ export async function createSenderService(options: SenderServiceOptions): Promis
   const feeds = await feedConversationView(options.broker, view, options.logger);
   const keys = createGrpcClient(KeyService, options.keyAddress);
   const devices = await createKeyServiceDeviceDirectory({ keys, broker: options.broker });
-  const idempotency =
-    options.idempotencyPath === undefined
-      ? createMemoryIdempotencyStore()
-      : createSqliteIdempotencyStore({ path: options.idempotencyPath });
-  const rateLimiter = createMemoryRateLimiter(options.rateLimit ?? DEFAULT_SEND_RATE);
+  // What the caller passes in is the caller's to close; what is made here is closed by stop().
+  const ownIdempotency =
+    options.idempotency !== undefined
+      ? undefined
+      : options.idempotencyPath === undefined
+        ? createMemoryIdempotencyStore()
+        : createSqliteIdempotencyStore({ path: options.idempotencyPath });
+  const idempotency: IdempotencyStore = options.idempotency ?? (ownIdempotency as IdempotencyStore);
+  const ownLimiter =
+    options.rateLimiter === undefined
+      ? createMemoryRateLimiter(options.rateLimit ?? DEFAULT_SEND_RATE)
+      : undefined;
+  const rateLimiter: RateLimiter = options.rateLimiter ?? (ownLimiter as RateLimiter);
   const sendMessage = createSendMessage({
     conversations: view,
     devices,
@@ -73,8 +85,8 @@ export async function createSenderService(options: SenderServiceOptions): Promis
     async stop() {
       for (const feed of feeds) await feed.close();
       await devices.close();
-      idempotency.close();
-      rateLimiter.close();
+      ownIdempotency?.close();
+      ownLimiter?.close();
       closeChannel(keys);
     },
   };

@@ -37,6 +37,7 @@ import { deviceKeys } from "../../services/key/test-support.ts";
 import type { EmbeddedMeshOptions } from "../../tools/mesh/embedded-mesh.ts";
 import { startEmbeddedMesh } from "../../tools/mesh/embedded-mesh.ts";
 import { mintDevToken } from "../../tools/token/dev-token.ts";
+import { clusterProfileRequested, startClusterTestMesh } from "./cluster-mesh.ts";
 
 /** A mesh the helpers below can create users on: where its edge listens, and where its dev issuer's key lives. */
 export interface MeshTarget {
@@ -76,8 +77,12 @@ export function createTransportPool(edgeUrl: string, size = 8): { next(): Transp
   };
 }
 
-/** The embedded mesh in this process, edge on a free port, data in a fresh temp folder, no logs. */
+/**
+ * The embedded mesh in this process, edge on a free port, data in a fresh temp folder, no logs; or,
+ * with PARLEY_TEST_PROFILE=cluster, the cluster profile on the real engines (cluster-mesh.ts).
+ */
 export async function startTestMesh(options: TestMeshOptions = {}): Promise<TestMesh> {
+  if (clusterProfileRequested()) return startClusterTestMesh(options);
   const dataDir = mkdtempSync(join(tmpdir(), "parley-test-mesh-"));
   try {
     const mesh = await startEmbeddedMesh({
