@@ -40,6 +40,8 @@ export interface HistoryStore {
    *   next inbox position (positions only grow, so no item is ever placed before a position
    *   already handed out), one receipt row per recipient user, then appends `events(assigned)`.
    *   If `events` throws, nothing is stored and no seq is used.
+   * `events` must depend on its argument only: an adapter may call it more than once for one
+   * message, and for another message of the conversation whose interrupted step it finishes first.
    */
   storeMessage(
     input: StoreMessageInput,
