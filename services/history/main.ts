@@ -1,10 +1,14 @@
-// The history service alone in its own process (cluster profile): `node services/history/main.ts`.
-// Until the Pulsar and Cassandra adapters land, it runs on the embedded broker's file and the
-// SQLite file in PARLEY_DATA_DIR.
+// The history service alone in its own process: `node services/history/main.ts`.
+// PARLEY_PROFILE=cluster runs it on Cassandra (history, inboxes, receipts; rows expire by TTL) and
+// Pulsar; the default, embedded, on the SQLite file and the embedded broker's file in
+// PARLEY_DATA_DIR, with a retention sweep.
 import { join } from "node:path";
+import type { Broker } from "../../lib/broker/broker.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
+import { loadProfile, openClusterBroker, openClusterCassandra } from "../../lib/cluster-engines.ts";
 import { durationVar, loadConfig, stringVar } from "../../lib/config.ts";
 import { grpcServiceConfigSpec, runProcess, startGrpcService } from "../../lib/service-process.ts";
+import { createCassandraHistoryStore } from "./adapters/cassandra/cassandra-history-store.ts";
 import { DEFAULT_RETENTION_MS } from "./domain/history.ts";
 import { createHistoryService, HISTORY_DEFAULT_PORT } from "./service.ts";
 
@@ -14,18 +18,24 @@ await runProcess("history", async (logger) => {
     dataDir: stringVar("PARLEY_DATA_DIR", { default: ".data" }),
     retentionMs: durationVar("PARLEY_HISTORY_RETENTION", { default: DEFAULT_RETENTION_MS }),
   });
-  const broker = await createEmbeddedBroker({ path: join(config.dataDir, "broker.db"), logger });
+  const profile = loadProfile();
+  let broker: Broker;
   let history: Awaited<ReturnType<typeof createHistoryService>>;
-  try {
+  let closeEngines = async () => {};
+  if (profile.profile === "cluster") {
+    const cassandra = await openClusterCassandra(profile.engines, logger);
+    broker = await openClusterBroker(profile.engines, logger);
+    const store = await createCassandraHistoryStore({ client: cassandra, logger });
+    history = await createHistoryService({ store, broker, logger, retentionMs: config.retentionMs });
+    closeEngines = () => cassandra.shutdown();
+  } else {
+    broker = await createEmbeddedBroker({ path: join(config.dataDir, "broker.db"), logger });
     history = await createHistoryService({
       dbPath: join(config.dataDir, "parley.db"),
       broker,
       logger,
       retentionMs: config.retentionMs,
     });
-  } catch (err) {
-    await broker.close();
-    throw err;
   }
   const server = await startGrpcService({
     name: "history",
@@ -41,6 +51,7 @@ await runProcess("history", async (logger) => {
       stop: async () => {
         await history.stop();
         await broker.close();
+        await closeEngines();
       },
     },
     server,
