@@ -220,6 +220,24 @@ export async function startEdge(
 
   const stopObservingStreams = observeStreams(hub);
 
+  // A device that opens a stream on another host takes its route there: its older stream here is
+  // closed (REPLACED) as soon as the registry says so, as a second stream on this host would be.
+  const routeWatch = await registry
+    ?.watch((event) => {
+      if (event.kind !== "route_put" || event.route.hostId === identity.hostId) return;
+      const { userId, deviceId, revision } = event.route;
+      if (hub.routedElsewhere({ userId, deviceId }, revision)) {
+        logger.info(
+          { user_id: userId, device_id: deviceId, host_id: event.route.hostId },
+          "device moved to another host",
+        );
+      }
+    })
+    .catch((err: unknown) => {
+      logger.warn({ err }, "could not watch device routes; replaced streams close at their next push");
+      return undefined;
+    });
+
   // Load for placement, and the presence refresh of streams without client heartbeats.
   let reportedLoad = 0;
   const loadTimer = setInterval(() => {
@@ -251,6 +269,7 @@ export async function startEdge(
     stop() {
       stopping ??= (async () => {
         clearInterval(loadTimer);
+        await routeWatch?.close().catch(() => {});
         const lease = keeper.stop();
         // Draining: Locate sends nobody here, delivery expects routes to move, pushes continue.
         await lease

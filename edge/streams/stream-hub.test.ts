@@ -124,3 +124,22 @@ describe("stream hub: device revocation", () => {
     laptop.abort();
   });
 });
+
+describe("stream hub: a device that moved to another host", () => {
+  it("closes the older stream here with REPLACED at once, and leaves a newer one alone", async () => {
+    const { streams, open } = hub();
+    const phone = await open(alicePhone);
+    const laptop = await open(aliceLaptop);
+    const phoneRevision = phone.revision ?? 0n;
+    // An assignment older than this stream's (a route event replayed late) changes nothing.
+    expect(streams.routedElsewhere(alicePhone, phoneRevision - 1n)).toBe(false);
+    expect(phone.isClosed).toBe(false);
+    expect(streams.routedElsewhere(alicePhone, phoneRevision + 10n)).toBe(true);
+    const end = await written(phone);
+    const close = end.frames.at(-1)?.body;
+    expect(close?.case === "close" && close.value.reason).toBe(CloseReason.REPLACED);
+    expect(laptop.isClosed).toBe(false);
+    expect(streams.routedElsewhere({ userId: "nobody", deviceId: "x" }, 99n)).toBe(false);
+    laptop.abort();
+  });
+});

@@ -107,6 +107,12 @@ export interface StreamHub {
   drain(options: DrainOptions): Promise<void>;
   /** Closes every stream with `spec` (the host lost its lease: its routes are gone). */
   closeAll(spec: CloseSpec): void;
+  /**
+   * The registry routed the device to another host at `revision` (it opened a stream there): the
+   * stream here, if older, is closed with CLOSE_REASON_REPLACED at once, not at the next push.
+   * True if one closed.
+   */
+  routedElsewhere(device: { readonly userId: string; readonly deviceId: string }, revision: bigint): boolean;
 }
 
 export interface DrainOptions {
@@ -238,8 +244,13 @@ export function createStreamHub(options: StreamHubOptions): StreamHub {
 
     heartbeat(stream, idle) {
       const activity = idle ? "idle" : "active";
+      const changed = stream.activity !== activity;
       stream.activity = activity;
-      if (stream.isClosed) return;
+      if (stream.isClosed || !changed) return;
+      // Only a change is reported at once. An unchanged activity is kept alive by
+      // refreshPresence, which reports every stream once per interval in batches of 1,000:
+      // reporting each heartbeat instead cost one UpdatePresence call per heartbeat (heartbeats
+      // arrive spread out, so they rarely share a batch), most of an idle edge's CPU (bench S3).
       stream.presenceReportedAt = Date.now();
       options.presence.report(stream.device, activity);
     },
@@ -365,6 +376,14 @@ export function createStreamHub(options: StreamHubOptions): StreamHub {
 
     closeAll(spec) {
       for (const stream of [...live.values()]) stream.close(spec);
+    },
+    routedElsewhere(device, revision) {
+      const stream = live.get(deviceKey(device));
+      // A stream still registering has no revision yet: its own assignment comes after this one.
+      if (stream === undefined || stream.isClosed || stream.revision === undefined) return false;
+      if (stream.revision >= revision) return false;
+      stream.close(Closes.replaced);
+      return true;
     },
   };
   return hub;
