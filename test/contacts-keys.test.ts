@@ -185,12 +185,12 @@ async function connected(client: ParleyClient): Promise<ParleyClient> {
 
 beforeAll(async () => {
   mesh = await startTestMesh();
-}, 30_000);
+}, 120_000);
 
 afterAll(async () => {
   await Promise.allSettled(clients.map((c) => c.close()));
   await mesh?.stop();
-}, 30_000);
+}, 120_000);
 
 describe("contacts through the edge", () => {
   it("request, accept, message; block: sends refused and nothing delivered; unblock, reconnect, delete", async () => {

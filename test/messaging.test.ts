@@ -44,7 +44,32 @@ import {
 // Assertions and small helpers
 
 /** Every message of a conversation as history stores it, oldest first (read by `device`). */
-async function stored(device: TestDevice, conversationId: string): Promise<Message[]> {
+/**
+ * The conversation's stored messages, once history holds at least `atLeast` of them. SENT means
+ * the broker has the message; history stores it a moment later (on the cluster profile, a hop
+ * through Pulsar and Cassandra), so a read right after a send may miss the newest.
+ */
+async function stored(device: TestDevice, conversationId: string, atLeast = 0): Promise<Message[]> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const all = await listStored(device, conversationId);
+    if (all.length >= atLeast || Date.now() > deadline) return all;
+    await sleep(100);
+  }
+}
+
+/** The stored messages once their count has held still for 500 ms: earlier sends are all stored. */
+async function storedSettled(device: TestDevice, conversationId: string): Promise<Message[]> {
+  let last = await listStored(device, conversationId);
+  for (;;) {
+    await sleep(500);
+    const now = await listStored(device, conversationId);
+    if (now.length === last.length) return now;
+    last = now;
+  }
+}
+
+async function listStored(device: TestDevice, conversationId: string): Promise<Message[]> {
   const all: Message[] = [];
   let pageToken = "";
   do {
@@ -187,7 +212,7 @@ describe("delivery", () => {
       sendTexts(alice.primary, [alice, bob], conversationId, texts("a", 15)),
       sendTexts(bob.primary, [alice, bob], conversationId, texts("b", 15)),
     ]);
-    const messages = await stored(alice.primary, conversationId);
+    const messages = await stored(alice.primary, conversationId, 30);
     expect(messages).toHaveLength(30);
     expectContiguous(messages);
     expect(new Set(messages.map((m) => m.messageId))).toEqual(new Set([...fromAlice, ...fromBob]));
@@ -245,7 +270,7 @@ describe("delivery", () => {
     await afterReturn.untilMessages(22);
     await laptop.untilMessages(25);
     await sleep(300);
-    const messages = await stored(carol.primary, conversationId);
+    const messages = await stored(carol.primary, conversationId, 25);
     expect(messages).toHaveLength(25);
     // The returning phone: the 20 it missed and the 2 live ones, each once, none of the 3 it had.
     expect(afterReturn.texts()).toEqual([...texts("offline", 20), ...texts("live", 2)]);
@@ -286,6 +311,7 @@ describe("delivery", () => {
       sendTexts(f.primary, [f, erin], conversations[i] as string, texts(`${f.userId}-m`, 45)),
     );
 
+    for (const [i, f] of friends.entries()) await stored(f.primary, conversations[i] as string, 45);
     // Sync from the stale cursor pages through (100 a page): 585 messages, then nothing more.
     let cursor = staleCursor;
     let pages = 0;
@@ -723,7 +749,7 @@ describe("refusals: the right code, an actionable message, nothing accepted lost
   });
 
   it("an oversize payload and 1,001 recipients: INVALID_ARGUMENT [VALIDATION_FAILED] naming the field; the stream stays usable", async () => {
-    const before = (await stored(jan.primary, conversationId)).length;
+    const before = (await storedSettled(jan.primary, conversationId)).length;
     const oversize = await failure(
       jan.primary.client.send({
         conversationId,
@@ -783,7 +809,7 @@ describe("refusals: the right code, an actionable message, nothing accepted lost
 
     // Nothing was stored; the next send on the same stream goes through.
     const ok = await jan.primary.client.send({ conversationId, envelope: toKim("fits") });
-    const after = await stored(jan.primary, conversationId);
+    const after = await stored(jan.primary, conversationId, before + 1);
     expect(after).toHaveLength(before + 1);
     expect(after.at(-1)?.messageId).toBe(ok.messageId);
   });
@@ -1078,7 +1104,7 @@ describe("a group of 1,000 members, one device each, all online", () => {
         return ids;
       }),
     );
-    const messages = await stored(owner.primary, groupId);
+    const messages = await stored(owner.primary, groupId, 7);
     expect(messages).toHaveLength(7);
     expectContiguous(messages);
     expect(new Set(messages.map((m) => m.messageId))).toEqual(new Set(sent.flat()));

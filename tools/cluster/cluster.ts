@@ -4,7 +4,7 @@
 import type { ChildProcess } from "node:child_process";
 import { spawn } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { createConnection, createServer } from "node:net";
 import { join, resolve } from "node:path";
 import type { ClusterNames } from "../../lib/cluster-engines.ts";
 import { CLUSTER_NAME_VARIABLES, PROFILE_VARIABLE } from "../../lib/cluster-engines.ts";
@@ -172,8 +172,7 @@ export interface RunningProcess {
 
 /**
  * Starts one process of the cluster, its output appended to `<logDir>/<name>.log`, and resolves
- * once it serves: a service when it logs "grpc server listening", an edge when it logs "edge
- * listening". Attached processes are killed with their parent's process group; detached ones
+ * once it serves. Attached processes are killed with their parent's process group; detached ones
  * outlive it and are stopped by PID (`npm run cluster -- down`).
  */
 export async function startClusterProcess(
@@ -206,18 +205,28 @@ export async function startClusterProcess(
   void exited.then(() => {
     gone = true;
   });
-  const ready = spec.kind === "edge" ? /"msg":"edge listening"/ : /"msg":"grpc server listening"/;
-  const deadline = Date.now() + (options.timeoutMs ?? 60_000);
+  // Ready when it serves: a service once its gRPC port accepts connections (it listens only after
+  // its parts started), an edge once /readyz answers 200. Whatever the log level.
+  const ready =
+    spec.kind === "edge"
+      ? () =>
+          fetch(`http://127.0.0.1:${spec.port}/readyz`, { signal: AbortSignal.timeout(1_000) }).then(
+            (response) => response.ok,
+            () => false,
+          )
+      : () => tcpOpen(spec.port);
+  const timeoutMs = options.timeoutMs ?? 90_000;
+  const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const text = readFileSync(logFile).subarray(offset).toString("utf8");
-    if (ready.test(text)) break;
+    if (await ready()) break;
+    const text = () => readFileSync(logFile).subarray(offset).toString("utf8");
     if (gone) {
-      throw new Error(`${spec.name} exited while starting; its log (${logFile}):\n${lastLines(text, 20)}`);
+      throw new Error(`${spec.name} exited while starting; its log (${logFile}):\n${lastLines(text(), 20)}`);
     }
     if (Date.now() > deadline) {
       child.kill("SIGKILL");
       throw new Error(
-        `${spec.name} did not start within ${options.timeoutMs ?? 60_000} ms; its log:\n${lastLines(text, 20)}`,
+        `${spec.name} did not start within ${timeoutMs} ms; its log:\n${lastLines(text(), 20)}`,
       );
     }
     await new Promise((done) => setTimeout(done, 100));
@@ -290,4 +299,20 @@ export async function startCluster(
 
 function lastLines(text: string, count: number): string {
   return text.trimEnd().split("\n").slice(-count).join("\n");
+}
+
+function tcpOpen(port: number): Promise<boolean> {
+  return new Promise((done) => {
+    const socket = createConnection({ host: "127.0.0.1", port });
+    socket.setTimeout(1_000);
+    socket.once("connect", () => {
+      socket.destroy();
+      done(true);
+    });
+    socket.once("timeout", () => {
+      socket.destroy();
+      done(false);
+    });
+    socket.once("error", () => done(false));
+  });
 }
