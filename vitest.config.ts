@@ -14,17 +14,33 @@ const shared = {
  */
 const CLUSTER_SUITES = ["test/messaging.test.ts", "test/contacts-keys.test.ts"];
 
+/**
+ * Suites about the cluster profile itself, which start a cluster of their own: with the engines on
+ * they run in the cluster project only (not twice); without them the embedded project lists them as
+ * skipped.
+ */
+const CLUSTER_ONLY_SUITES = ["test/tracing-cluster.test.ts"];
+
+const enginesOn = process.env.PARLEY_ENGINES === "1";
+
 export default defineConfig({
   test: {
     projects: [
-      { test: { ...shared, name: "embedded", include: ["**/*.test.ts"] } },
-      ...(process.env.PARLEY_ENGINES === "1"
+      {
+        test: {
+          ...shared,
+          name: "embedded",
+          include: ["**/*.test.ts"],
+          exclude: [...shared.exclude, ...(enginesOn ? CLUSTER_ONLY_SUITES : [])],
+        },
+      },
+      ...(enginesOn
         ? [
             {
               test: {
                 ...shared,
                 name: "cluster",
-                include: CLUSTER_SUITES,
+                include: [...CLUSTER_SUITES, ...CLUSTER_ONLY_SUITES],
                 env: { PARLEY_TEST_PROFILE: "cluster" },
                 testTimeout: 60_000,
                 hookTimeout: 180_000,

@@ -19,13 +19,29 @@ export function clusterProfileRequested(): boolean {
   return process.env[TEST_PROFILE_VARIABLE] === "cluster";
 }
 
+export interface ClusterTestMeshOptions extends TestMeshOptions {
+  /** Settings every process gets, over the mesh's own (e.g. OTEL_TRACES_SAMPLER). */
+  readonly env?: Readonly<Record<string, string>>;
+  /**
+   * Each process writes its spans to a file of its own, `<dataDir>/spans/<process>.jsonl`
+   * (PARLEY_TRACE_FILE), so a test can tell which process made each span.
+   */
+  readonly traceFiles?: boolean;
+}
+
 export interface ClusterTestMesh extends TestMesh {
   readonly cluster: RunningCluster;
+  /**
+   * The span file of each process by its name (`sender`, `edge-1`...), empty unless `traceFiles`.
+   * They are complete once `cluster.stop()` resolved (each process flushes on SIGTERM) and are
+   * removed with the data folder by `stop()`.
+   */
+  readonly traceFiles: Readonly<Record<string, string>>;
 }
 
 const ms = (value: number) => `${value}ms`;
 
-export async function startClusterTestMesh(options: TestMeshOptions = {}): Promise<ClusterTestMesh> {
+export async function startClusterTestMesh(options: ClusterTestMeshOptions = {}): Promise<ClusterTestMesh> {
   const engines = engineTargets();
   if (!engines) {
     throw new Error(
@@ -38,7 +54,7 @@ export async function startClusterTestMesh(options: TestMeshOptions = {}): Promi
     await openDevIssuer(devIssuerKeyPath(dataDir));
     const name = uniqueTestName("e2e");
     const edge = options.edge ?? {};
-    const layout = clusterLayout({
+    const planned = clusterLayout({
       engines,
       names: {
         cassandraKeyspace: name,
@@ -59,8 +75,23 @@ export async function startClusterTestMesh(options: TestMeshOptions = {}): Promi
           : { PARLEY_EDGE_STREAM_QUEUE_LIMIT: String(edge.streamQueueLimit) }),
         ...(edge.drainTimeoutMs === undefined ? {} : { PARLEY_EDGE_DRAIN_TIMEOUT: ms(edge.drainTimeoutMs) }),
         ...(edge.leaseTtlMs === undefined ? {} : { PARLEY_EDGE_LEASE_TTL: ms(edge.leaseTtlMs) }),
+        ...options.env,
       },
     });
+    const traceFiles: Record<string, string> = {};
+    if (options.traceFiles === true) {
+      for (const spec of planned.processes)
+        traceFiles[spec.name] = join(dataDir, "spans", `${spec.name}.jsonl`);
+    }
+    const layout = {
+      ...planned,
+      processes: planned.processes.map((spec) => {
+        const traceFile = traceFiles[spec.name];
+        return traceFile === undefined
+          ? spec
+          : { ...spec, env: { ...spec.env, PARLEY_TRACE_FILE: traceFile } };
+      }),
+    };
     const cluster = await startCluster(layout, { logDir: join(dataDir, "logs"), detached: false });
     // Users are spread over both edge hosts, so a message usually crosses hosts on its way.
     const pools = layout.edgeUrls.map((url) => createTransportPool(url, options.connections ?? 4));
@@ -69,6 +100,7 @@ export async function startClusterTestMesh(options: TestMeshOptions = {}): Promi
       edgeUrl: layout.edgeUrls[0] ?? "",
       dataDir,
       cluster,
+      traceFiles,
       transport: () => {
         const pool = pools[turn++ % pools.length];
         if (!pool) throw new Error("the cluster has no edge");
