@@ -115,3 +115,26 @@ export async function chunked<T>(
 ): Promise<void> {
   for (let i = 0; i < items.length; i += size) await work(items.slice(i, i + size));
 }
+
+/**
+ * Runs work for one key at a time in this process, in call order. Conditional writes on one
+ * partition from concurrent callers (a popular sender's inbox getting hundreds of receipts at once,
+ * one member's acks of several messages) would otherwise race: each Paxos round has one winner
+ * and the losers retry, so N racers cost about N² rounds; taking turns costs N.
+ */
+export function createKeyedSerializer(): <T>(key: string, work: () => Promise<T>) => Promise<T> {
+  const tails = new Map<string, Promise<void>>();
+  return <T>(key: string, work: () => Promise<T>): Promise<T> => {
+    const previous = tails.get(key) ?? Promise.resolve();
+    const run = previous.then(work);
+    const tail = run.then(
+      () => {},
+      () => {},
+    );
+    tails.set(key, tail);
+    void tail.then(() => {
+      if (tails.get(key) === tail) tails.delete(key);
+    });
+    return run;
+  };
+}

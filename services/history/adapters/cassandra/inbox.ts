@@ -22,6 +22,7 @@ import {
   applyToPartition,
   backoff,
   CONDITIONAL,
+  createKeyedSerializer,
   IDEMPOTENT,
   isUncertainWrite,
   rowsOf,
@@ -163,6 +164,162 @@ export function createDeviceInboxes(client: CassandraClient, tables: HistoryTabl
     }
   }
 
+  async function placeMessageNow(
+    device: DeviceRef,
+    p: MessagePlacement,
+    known?: InboxStatics,
+  ): Promise<number | undefined> {
+    let statics = known ?? (await readStatics(device));
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const placed = await placedPosition(device, p.conversationId, p.seq);
+      if (placed !== undefined) return placed;
+      if (statics.removedAt !== null && p.acceptedAt.getTime() <= statics.removedAt.getTime()) {
+        return undefined;
+      }
+      const outcome = await bumpWith(device, statics, (position) => [
+        {
+          query: q.insertMessageItem,
+          params: [...key(device), position, p.conversationId, p.seq, p.acceptedAt, p.expiresAt, p.ttl],
+        },
+        {
+          query: q.insertPlaced,
+          params: [
+            ...key(device),
+            p.conversationId,
+            p.seq,
+            position,
+            p.ciphertext === undefined ? UNSET : Buffer.from(p.ciphertext),
+            p.expiresAt,
+            p.ttl,
+          ],
+        },
+        {
+          query: q.insertUnacknowledged,
+          params: [...key(device), p.conversationId, p.seq, position, p.acceptedAt, p.expiresAt, p.ttl],
+        },
+      ]);
+      if ("position" in outcome) return outcome.position;
+      statics = outcome.current;
+      await afterLostRace(attempt);
+    }
+    throw new Error(`gave up placing a message in ${device.userId}/${device.deviceId}'s inbox: contention`);
+  }
+
+  /**
+   * Puts receipts in the device's inbox at new positions (one conditional batch for all of them),
+   * each replacing the device's earlier receipt of the same reader and kind in the conversation
+   * (merged with it). Idempotent: a slot already at a placement's version (or later) is left.
+   */
+  async function placeReceiptsNow(device: DeviceRef, placements: readonly ReceiptPlacement[]): Promise<void> {
+    // Several placements for one slot (a reader's receipts racing here) become one, in version order.
+    const bySlot = new Map<string, ReceiptPlacement[]>();
+    for (const p of placements) {
+      const slotKey = `${p.receipt.conversationId}\u0000${p.key}`;
+      bySlot.set(slotKey, [...(bySlot.get(slotKey) ?? []), p]);
+    }
+    const slots = [...bySlot.values()].map((list) => [...list].sort((a, b) => a.version - b.version));
+    let statics = await readStatics(device);
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const writes = (
+        await Promise.all(
+          slots.map(async (list) => {
+            const newest = list.at(-1) as ReceiptPlacement;
+            const conversationId = newest.receipt.conversationId;
+            const slot = (
+              await client.execute(q.slot, [...key(device), conversationId, newest.key], IDEMPOTENT)
+            ).first();
+            const stored = slot === null ? -1 : toNumber(slot.get("version"));
+            if (stored >= newest.version) return undefined;
+            let merged = slot === null ? undefined : decodeReceipt(String(slot.get("receipt")));
+            for (const p of list) if (p.version > stored) merged = mergeReceipt(merged, p.receipt);
+            return {
+              newest,
+              conversationId,
+              oldPosition: slot === null ? undefined : toNumber(slot.get("position")),
+              receipt: encodeReceipt(merged as ReceiptRecord),
+            };
+          }),
+        )
+      ).filter((w) => w !== undefined);
+      if (writes.length === 0) return;
+      const first = (statics.lastPosition ?? 0) + 1;
+      const rows: Statement[] = [
+        {
+          query: q.bump,
+          params: [first + writes.length - 1, ...key(device), statics.lastPosition, statics.removedAt],
+        },
+      ];
+      writes.forEach((w, i) => {
+        const position = first + i;
+        const { newest } = w;
+        if (w.oldPosition !== undefined)
+          rows.push({ query: q.deleteItem, params: [...key(device), w.oldPosition] });
+        rows.push(
+          {
+            query: q.insertReceiptItem,
+            params: [...key(device), position, w.conversationId, w.receipt, newest.expiresAt, newest.ttl],
+          },
+          {
+            query: q.upsertSlot,
+            params: [
+              ...key(device),
+              w.conversationId,
+              newest.key,
+              position,
+              w.receipt,
+              newest.version,
+              newest.expiresAt,
+              newest.ttl,
+            ],
+          },
+        );
+      });
+      try {
+        const result = await client.batch(rows, CONDITIONAL);
+        if (result.wasApplied()) return;
+        statics = staticsOf(result.first());
+      } catch (err) {
+        if (!isUncertainWrite(err)) throw err;
+        statics = await readStatics(device);
+      }
+      await afterLostRace(attempt);
+    }
+    throw new Error(`gave up placing receipts in ${device.userId}/${device.deviceId}'s inbox: contention`);
+  }
+
+  // Placements in one device's inbox take turns in this process (see createKeyedSerializer), and
+  // receipts waiting for their turn go in together: a group's members acking a popular sender's
+  // message at once cost that sender's devices a few conditional batches, not one each.
+  const inTurn = createKeyedSerializer();
+  const deviceTurn = (device: DeviceRef) => `${device.userId}/${device.deviceId}`;
+  const waitingReceipts = new Map<
+    string,
+    { placement: ReceiptPlacement; resolve: () => void; reject: (err: unknown) => void }[]
+  >();
+  const placeReceiptInTurn = (device: DeviceRef, placement: ReceiptPlacement): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const turn = deviceTurn(device);
+      const waiting = waitingReceipts.get(turn);
+      if (waiting !== undefined) {
+        waiting.push({ placement, resolve, reject });
+        return;
+      }
+      waitingReceipts.set(turn, [{ placement, resolve, reject }]);
+      void inTurn(turn, async () => {
+        const batch = waitingReceipts.get(turn) ?? [];
+        waitingReceipts.delete(turn);
+        try {
+          await placeReceiptsNow(
+            device,
+            batch.map((w) => w.placement),
+          );
+          for (const w of batch) w.resolve();
+        } catch (err) {
+          for (const w of batch) w.reject(err);
+        }
+      });
+    });
+
   return {
     readStatics,
 
@@ -171,79 +328,16 @@ export function createDeviceInboxes(client: CassandraClient, tables: HistoryTabl
      * already), or undefined when the device was removed at or after the message's accepted_at.
      * `known` are statics read before (they save a read when still current).
      */
-    async placeMessage(
-      device: DeviceRef,
-      p: MessagePlacement,
-      known?: InboxStatics,
-    ): Promise<number | undefined> {
-      let statics = known ?? (await readStatics(device));
-      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-        const placed = await placedPosition(device, p.conversationId, p.seq);
-        if (placed !== undefined) return placed;
-        if (statics.removedAt !== null && p.acceptedAt.getTime() <= statics.removedAt.getTime()) {
-          return undefined;
-        }
-        const outcome = await bumpWith(device, statics, (position) => [
-          {
-            query: q.insertMessageItem,
-            params: [...key(device), position, p.conversationId, p.seq, p.acceptedAt, p.expiresAt, p.ttl],
-          },
-          {
-            query: q.insertPlaced,
-            params: [
-              ...key(device),
-              p.conversationId,
-              p.seq,
-              position,
-              p.ciphertext === undefined ? UNSET : Buffer.from(p.ciphertext),
-              p.expiresAt,
-              p.ttl,
-            ],
-          },
-          {
-            query: q.insertUnacknowledged,
-            params: [...key(device), p.conversationId, p.seq, position, p.acceptedAt, p.expiresAt, p.ttl],
-          },
-        ]);
-        if ("position" in outcome) return outcome.position;
-        statics = outcome.current;
-        await afterLostRace(attempt);
-      }
-      throw new Error(`gave up placing a message in ${device.userId}/${device.deviceId}'s inbox: contention`);
+    placeMessage(device: DeviceRef, p: MessagePlacement, known?: InboxStatics): Promise<number | undefined> {
+      return inTurn(deviceTurn(device), () => placeMessageNow(device, p, known));
     },
 
     /**
      * Puts a receipt in the device's inbox at a new position, replacing the device's earlier
      * receipt of the same reader and kind in the conversation (merged with it). Idempotent.
      */
-    async placeReceipt(device: DeviceRef, p: ReceiptPlacement): Promise<void> {
-      const conversationId = p.receipt.conversationId;
-      let statics = await readStatics(device);
-      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-        const slot = (
-          await client.execute(q.slot, [...key(device), conversationId, p.key], IDEMPOTENT)
-        ).first();
-        if (slot !== null && toNumber(slot.get("version")) >= p.version) return;
-        const previous = slot === null ? undefined : decodeReceipt(String(slot.get("receipt")));
-        const merged = encodeReceipt(mergeReceipt(previous, p.receipt));
-        const outcome = await bumpWith(device, statics, (position) => [
-          ...(slot === null
-            ? []
-            : [{ query: q.deleteItem, params: [...key(device), toNumber(slot.get("position"))] }]),
-          {
-            query: q.insertReceiptItem,
-            params: [...key(device), position, conversationId, merged, p.expiresAt, p.ttl],
-          },
-          {
-            query: q.upsertSlot,
-            params: [...key(device), conversationId, p.key, position, merged, p.version, p.expiresAt, p.ttl],
-          },
-        ]);
-        if ("position" in outcome) return;
-        statics = outcome.current;
-        await afterLostRace(attempt);
-      }
-      throw new Error(`gave up placing a receipt in ${device.userId}/${device.deviceId}'s inbox: contention`);
+    placeReceipt(device: DeviceRef, p: ReceiptPlacement): Promise<void> {
+      return placeReceiptInTurn(device, p);
     },
 
     /** Whether the message was placed for the device (it was one of its targets). */

@@ -29,6 +29,7 @@ import {
   backoff,
   CONDITIONAL,
   chunked,
+  createKeyedSerializer,
   IDEMPOTENT,
   isUncertainWrite,
   mapLimit,
@@ -242,7 +243,18 @@ export function createReceipts(ctx: StoreContext) {
     }
   }
 
-  async function recordReceipt(
+  // One member's receipts in a conversation take turns in this process: a device acking several
+  // messages at once would otherwise race for the member's state row (see createKeyedSerializer).
+  const inTurn = createKeyedSerializer();
+
+  function recordReceipt(
+    input: RecordReceiptInput,
+    event: (recorded: RecordedReceipt) => OutboxEvent | undefined,
+  ): Promise<RecordReceiptResult> {
+    return inTurn(`${input.conversationId}/${input.reader.userId}`, () => recordReceiptNow(input, event));
+  }
+
+  async function recordReceiptNow(
     input: RecordReceiptInput,
     event: (recorded: RecordedReceipt) => OutboxEvent | undefined,
   ): Promise<RecordReceiptResult> {
