@@ -197,15 +197,23 @@ describe("receiving", () => {
     await eventually(() => expect(seqs(shown)).toEqual([1]));
     edge.store(C1, 2);
     edge.store(C1, 3);
-    edge.listFailures = 3; // every try of this fill fails
+    edge.listFailures = 5; // every try of this fill fails
     edge.deliver(C1, 4);
     await eventually(() => expect(edge.listCalls).toHaveLength(1));
     expect(seqs(shown)).toEqual([1]); // 4 waits for 2..3
     edge.deliver(C2, 1); // ...but another conversation does not wait
     await eventually(() => expect(seqs(shown, C2)).toEqual([1]));
-    clock.advance(500);
-    await eventually(() => expect(edge.listCalls).toHaveLength(2));
-    clock.advance(1000);
+    // Each retry after its backoff (half the doubling ceiling: base 1 s, jitter fixed at 0.5).
+    for (const [tries, waitMs] of [
+      [2, 500],
+      [3, 1000],
+      [4, 2000],
+    ] as const) {
+      clock.advance(waitMs);
+      await eventually(() => expect(edge.listCalls).toHaveLength(tries));
+      expect(seqs(shown)).toEqual([1]);
+    }
+    clock.advance(4000);
     await eventually(() => expect(seqs(shown)).toEqual([1, 4]));
     expect(shown.find((m) => m.message.conversationId === C1 && m.message.seq === 4n)?.outOfOrder).toBe(true);
     expect(gaps).toEqual([{ conversationId: C1, fromSeq: 2n, toSeq: 3n, reason: "unavailable" }]);

@@ -175,7 +175,11 @@ export type ParleyClient = {
 type Core = { readonly cursors: CursorLog; readonly pipeline: InboundPipeline };
 
 const SYNC_ATTEMPTS = 5;
-const FILL_ATTEMPTS = 3;
+/**
+ * Tries of one gap fetch before later messages are shown out of order: with the backoff this waits
+ * several seconds for a busy history (a big group's burst) rather than giving up order at once.
+ */
+const FILL_ATTEMPTS = 5;
 
 /**
  * The Parley client for one device. Messages reach `onMessage` exactly once each and in seq order
