@@ -42,6 +42,9 @@ export default defineConfig({
                 name: "cluster",
                 include: [...CLUSTER_SUITES, ...CLUSTER_ONLY_SUITES],
                 env: { PARLEY_TEST_PROFILE: "cluster" },
+                // After the embedded project: each file here runs a whole cluster, and on 2 cores
+                // the two together starve each other's deadlines.
+                sequence: { groupOrder: 1 },
                 testTimeout: 60_000,
                 hookTimeout: 180_000,
               },
