@@ -102,16 +102,22 @@ const TRANSPORT_CODES: ReadonlySet<Code> = new Set([
 
 /**
  * Whether a send may be repeated with the same client_message_id: the contract allows it on
- * UNAVAILABLE and RESOURCE_EXHAUSTED, and a transport failure is safe to repeat because Send is
- * idempotent on client_message_id.
+ * UNAVAILABLE and RESOURCE_EXHAUSTED. A transport failure and DEADLINE_EXCEEDED (a backing service
+ * did not answer in time: the send may or may not have been accepted) are safe to repeat too,
+ * because Send is idempotent on client_message_id: a retry of an accepted send gets its first id.
  */
 export function isRetryableSendError(error: ParleyClientError): boolean {
-  return error.code === Code.Unavailable || error.code === Code.ResourceExhausted || error.transportFailure;
+  return (
+    error.code === Code.Unavailable ||
+    error.code === Code.ResourceExhausted ||
+    error.code === Code.DeadlineExceeded ||
+    error.transportFailure
+  );
 }
 
 /** Whether a read-only call (Sync, ListMessages, Locate) may be repeated. */
 export function isRetryableReadError(error: ParleyClientError): boolean {
-  return isRetryableSendError(error) || error.code === Code.DeadlineExceeded || error.code === Code.Aborted;
+  return isRetryableSendError(error) || error.code === Code.Aborted;
 }
 
 function fromParts(
