@@ -273,6 +273,7 @@ describe("shutdown", () => {
 
   it("lets a call finish within the timeout, and ends health watches at once", async () => {
     const { logger } = captureLogs();
+    let received = false;
     const server = createGrpcServer({
       name: "test",
       logger,
@@ -280,10 +281,12 @@ describe("shutdown", () => {
         {
           service: SenderService,
           implementation: {
-            sendMessage: () =>
-              new Promise<{ messageId: string }>((resolve) =>
+            sendMessage: () => {
+              received = true;
+              return new Promise<{ messageId: string }>((resolve) =>
                 setTimeout(() => resolve({ messageId: "finished" }), 200),
-              ),
+              );
+            },
           },
         },
       ],
@@ -306,7 +309,9 @@ describe("shutdown", () => {
       return undefined;
     })();
     const call = client.sendMessage(validSendRequest());
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Shut down once the call is running and the watch has its first status (however slow the
+    // machine is), so what is tested is the shutdown, not the race to get there.
+    while (!received || watched.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
 
     const started = Date.now();
     await server.shutdown(10_000);
