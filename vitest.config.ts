@@ -21,7 +21,20 @@ const CLUSTER_SUITES = ["test/messaging.test.ts", "test/contacts-keys.test.ts"];
  */
 const CLUSTER_ONLY_SUITES = ["test/tracing-cluster.test.ts"];
 
+/**
+ * Issue 6's fault scenarios (test/fault/README.md): each starts a cluster of its own and kills parts
+ * of it, so they run in their own project, one file at a time, after the other projects; without
+ * the engines the embedded project lists them as skipped. Their checker's unit tests
+ * (test/fault/support/) run in the embedded project.
+ */
+const FAULT_SUITES = ["test/fault/*.test.ts"];
+
 const enginesOn = process.env.PARLEY_ENGINES === "1";
+/**
+ * The fault suites (test/fault) run with `npm run test:fault` (PARLEY_FAULT=1), not yet in
+ * `npm test`: they have not had a green CI run of their own (see test/fault/README.md).
+ */
+const faultOn = enginesOn && process.env.PARLEY_FAULT === "1";
 
 export default defineConfig({
   test: {
@@ -31,7 +44,7 @@ export default defineConfig({
           ...shared,
           name: "embedded",
           include: ["**/*.test.ts"],
-          exclude: [...shared.exclude, ...(enginesOn ? CLUSTER_ONLY_SUITES : [])],
+          exclude: [...shared.exclude, ...FAULT_SUITES, ...(enginesOn ? CLUSTER_ONLY_SUITES : [])],
         },
       },
       ...(enginesOn
@@ -47,6 +60,22 @@ export default defineConfig({
                 sequence: { groupOrder: 1 },
                 testTimeout: 60_000,
                 hookTimeout: 180_000,
+              },
+            },
+          ]
+        : []),
+      ...(faultOn
+        ? [
+            {
+              test: {
+                ...shared,
+                name: "fault",
+                include: FAULT_SUITES,
+                // One cluster at a time on a 2-core machine, after the other projects finished.
+                fileParallelism: false,
+                sequence: { groupOrder: 2 },
+                testTimeout: 480_000,
+                hookTimeout: 900_000,
               },
             },
           ]

@@ -65,6 +65,8 @@ export type InboundPipelineOptions = {
   readonly clock: Clock;
   readonly backoff: Backoff;
   readonly dedupCacheSize: number;
+  /** False only in fault tests' control runs: every copy the edge delivers is handed over again. */
+  readonly dedup?: boolean;
 };
 
 /**
@@ -411,6 +413,12 @@ export function createInboundPipeline(options: InboundPipelineOptions): InboundP
         c.knownSeq = c.seq;
       }
       if (ids.has(message.messageId) || (message.seq > 0n && handled(c, message.seq))) {
+        if (options.dedup === false) {
+          // Shown again in arrival order, as an app without dedup would (a control run must see it).
+          c.loose.push({ message, source, entries: entry === undefined ? [] : [entry] });
+          schedule(c);
+          return;
+        }
         if (entry !== undefined) {
           options.complete(entry);
         }

@@ -139,6 +139,20 @@ describe("receiving", () => {
     expect(seqs(shown)).toEqual([1, 2, 3]);
   });
 
+  it("with dedup off (fault tests' control runs only), every copy the edge delivers reaches the app", async () => {
+    const { edge, clock, client, shown } = setup({ dedup: false });
+    edge.deliver(C1, 1);
+    await client.connect();
+    await eventually(() => expect(seqs(shown)).toEqual([1]));
+    const m2 = edge.deliver(C1, 2);
+    edge.push(m2, cursorOf(2));
+    await eventually(() => expect(seqs(shown)).toEqual([1, 2, 2]));
+    edge.replayAll = true;
+    edge.failStreams();
+    await reconnect(clock, client);
+    await eventually(() => expect(seqs(shown)).toEqual([1, 2, 2, 1, 2]));
+  });
+
   it("remembers what was shown across runs: a new client on the same store drops replays", async () => {
     const first = setup();
     first.edge.deliver(C1, 1);

@@ -76,6 +76,13 @@ export type ParleyClientOptions = {
   readonly sendMaxAttempts?: number;
   /** How many handled message ids the dedup cache remembers (beside the per-conversation seq watermarks). Default 10,000. */
   readonly dedupCacheSize?: number;
+  /**
+   * Drop messages already handed to `onMessage` (by id and per-conversation watermark). Default
+   * true. FOR FAULT TESTS ONLY: `false` hands every copy the edge delivers (replays, resends) to
+   * the app again, so a control run can show what dedup hides (test/fault). Never turn it off in
+   * an app: it breaks "exactly once".
+   */
+  readonly dedup?: boolean;
   /** Sent in ClientHello / SubscribeRequest. Default "parley-ts/0.1.0". */
   readonly clientVersion?: string;
   /** For tests: time and randomness. */
@@ -267,6 +274,7 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
         clock,
         backoff,
         dedupCacheSize: options.dedupCacheSize ?? 10_000,
+        ...(options.dedup === false ? { dedup: false } : {}),
       });
       core = { cursors, pipeline };
       return core;

@@ -4,6 +4,7 @@
 // in PARLEY_DATA_DIR and an in-process registry, which no edge process can write: there it pushes
 // nothing (devices catch up through Sync), and only the embedded mesh, where the edge shares the
 // process, pushes.
+import { unlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { Broker } from "../../lib/broker/broker.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
@@ -14,12 +15,14 @@ import {
   openClusterRedis,
   openClusterRegistry,
 } from "../../lib/cluster-engines.ts";
-import { loadConfig, stringVar } from "../../lib/config.ts";
+import { boolVar, loadConfig, optional, stringVar } from "../../lib/config.ts";
+import type { Logger } from "../../lib/logging.ts";
 import { createInProcessRegistry } from "../../lib/registry/in-process-registry.ts";
 import type { Registry } from "../../lib/registry/registry.ts";
 import { grpcServiceConfigSpec, runProcess, startGrpcService } from "../../lib/service-process.ts";
 import { createRedisCheckpointStore } from "./adapters/redis/checkpoint-store.ts";
 import { createRedisPresenceStore } from "./adapters/redis/presence-store.ts";
+import type { CheckpointStore } from "./domain/ports.ts";
 import type { DeliveryServiceOptions } from "./service.ts";
 import { createDeliveryService, DELIVERY_DEFAULT_PORT } from "./service.ts";
 
@@ -27,6 +30,7 @@ await runProcess("delivery", async (logger) => {
   const config = loadConfig({
     ...grpcServiceConfigSpec("DELIVERY", DELIVERY_DEFAULT_PORT),
     dataDir: stringVar("PARLEY_DATA_DIR", { default: ".data" }),
+    ...faultSwitchesSpec(),
   });
   const profile = loadProfile();
   let broker: Broker;
@@ -39,7 +43,11 @@ await runProcess("delivery", async (logger) => {
     broker = await openClusterBroker(profile.engines, logger);
     registry = openClusterRegistry(profile.engines, logger);
     stores = {
-      checkpoints: createRedisCheckpointStore(redis, { keyPrefix: `${prefix}delivery:checkpoint:` }),
+      checkpoints: withFaultSwitches(
+        config,
+        createRedisCheckpointStore(redis, { keyPrefix: `${prefix}delivery:checkpoint:` }),
+        logger,
+      ),
       presenceStore: createRedisPresenceStore(redis, { keyPrefix: `${prefix}delivery:presence:` }),
     };
     closeEngines = () => closeRedisClient(redis);
@@ -69,3 +77,60 @@ await runProcess("delivery", async (logger) => {
     server,
   ];
 });
+
+// FAULT TESTS ONLY (test/fault), cluster profile. Unset, they change nothing; each one set is
+// logged at start-up. (Functions, not consts: used while the top-level await above runs.)
+function faultSwitchesSpec() {
+  return {
+    // Armed by creating this file: the next message batch pushed and checkpointed removes it and
+    // SIGKILLs the worker before its event is acknowledged, in the middle of the fan-out. With
+    // several workers armed, only the one that removes the file dies.
+    killFile: optional(stringVar("PARLEY_DELIVERY_FAULT_KILL_FILE")),
+    // A control run's bug: message batches are checkpointed when looked up, before the push, so
+    // a worker dying in between leaves batches marked done that no device got.
+    checkpointBeforePush: boolVar("PARLEY_DELIVERY_FAULT_CHECKPOINT_BEFORE_PUSH", { default: false }),
+  };
+}
+
+function withFaultSwitches(
+  config: { readonly killFile: string | undefined; readonly checkpointBeforePush: boolean },
+  checkpoints: CheckpointStore,
+  logger: Logger,
+): CheckpointStore {
+  const { killFile, checkpointBeforePush } = config;
+  if (killFile === undefined && !checkpointBeforePush) return checkpoints;
+  logger.warn(
+    { killFile, checkpointBeforePush },
+    "FAULT TEST HOOK: delivery checkpoints are instrumented for a fault test",
+  );
+  const isMessageBatch = (batchId: string) => batchId.startsWith("m:");
+  const record = async (batchId: string) => {
+    await checkpoints.record(batchId);
+    if (killFile !== undefined && isMessageBatch(batchId) && takeKillFile(killFile)) {
+      logger.error({ batchId }, "FAULT TEST HOOK: SIGKILL in the middle of a fan-out");
+      process.kill(process.pid, "SIGKILL");
+    }
+  };
+  return {
+    async has(batchId) {
+      if (!checkpointBeforePush || !isMessageBatch(batchId)) return checkpoints.has(batchId);
+      if (await checkpoints.has(batchId)) return true;
+      await record(batchId);
+      return false;
+    },
+    async record(batchId) {
+      if (checkpointBeforePush && isMessageBatch(batchId)) return;
+      await record(batchId);
+    },
+  };
+}
+
+/** Removes the kill file if it exists; true for the one process that removed it. */
+function takeKillFile(path: string): boolean {
+  try {
+    unlinkSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -2,11 +2,14 @@
 // PARLEY_PROFILE=cluster runs it on Cassandra (history, inboxes, receipts; rows expire by TTL) and
 // Pulsar; the default, embedded, on the SQLite file and the embedded broker's file in
 // PARLEY_DATA_DIR, with a retention sweep.
+import { unlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { Broker } from "../../lib/broker/broker.ts";
+import { Topics } from "../../lib/broker/broker.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
 import { loadProfile, openClusterBroker, openClusterCassandra } from "../../lib/cluster-engines.ts";
-import { durationVar, loadConfig, stringVar } from "../../lib/config.ts";
+import { boolVar, durationVar, loadConfig, optional, stringVar } from "../../lib/config.ts";
+import type { Logger } from "../../lib/logging.ts";
 import { grpcServiceConfigSpec, runProcess, startGrpcService } from "../../lib/service-process.ts";
 import { createCassandraHistoryStore } from "./adapters/cassandra/cassandra-history-store.ts";
 import { DEFAULT_RETENTION_MS } from "./domain/history.ts";
@@ -17,6 +20,7 @@ await runProcess("history", async (logger) => {
     ...grpcServiceConfigSpec("HISTORY", HISTORY_DEFAULT_PORT),
     dataDir: stringVar("PARLEY_DATA_DIR", { default: ".data" }),
     retentionMs: durationVar("PARLEY_HISTORY_RETENTION", { default: DEFAULT_RETENTION_MS }),
+    ...faultSwitchesSpec(),
   });
   const profile = loadProfile();
   let broker: Broker;
@@ -24,12 +28,16 @@ await runProcess("history", async (logger) => {
   let closeEngines = async () => {};
   if (profile.profile === "cluster") {
     const cassandra = await openClusterCassandra(profile.engines, logger);
-    broker = await openClusterBroker(profile.engines, logger);
+    broker = withFaultSwitches(config, await openClusterBroker(profile.engines, logger), logger);
     const store = await createCassandraHistoryStore({ client: cassandra, logger });
     history = await createHistoryService({ store, broker, logger, retentionMs: config.retentionMs });
     closeEngines = () => cassandra.shutdown();
   } else {
-    broker = await createEmbeddedBroker({ path: join(config.dataDir, "broker.db"), logger });
+    broker = withFaultSwitches(
+      config,
+      await createEmbeddedBroker({ path: join(config.dataDir, "broker.db"), logger }),
+      logger,
+    );
     history = await createHistoryService({
       dbPath: join(config.dataDir, "parley.db"),
       broker,
@@ -57,3 +65,62 @@ await runProcess("history", async (logger) => {
     server,
   ];
 });
+
+// FAULT TESTS ONLY (test/fault). Unset, they change nothing; each one set is logged at start-up.
+// (Functions, not consts: used while the top-level await above runs.)
+function faultSwitchesSpec() {
+  return {
+    // Armed by creating this file: the next MessageAccepted stored (seq taken, inbox rows and
+    // outbox written) removes it and SIGKILLs the process before the broker is acknowledged.
+    killFile: optional(stringVar("PARLEY_HISTORY_FAULT_KILL_FILE")),
+    // A control run's bug: MessageAccepted is acknowledged on arrival and stored afterwards; with
+    // the kill file armed, the next one is acknowledged and the process dies before storing it.
+    ackBeforeStore: boolVar("PARLEY_HISTORY_FAULT_ACK_BEFORE_STORE", { default: false }),
+  };
+}
+
+function withFaultSwitches(
+  config: { readonly killFile: string | undefined; readonly ackBeforeStore: boolean },
+  broker: Broker,
+  logger: Logger,
+): Broker {
+  const { killFile, ackBeforeStore } = config;
+  if (killFile === undefined && !ackBeforeStore) return broker;
+  logger.warn({ killFile, ackBeforeStore }, "FAULT TEST HOOK: history's consumer is instrumented");
+  const armed = () => killFile !== undefined && takeKillFile(killFile);
+  const die = (why: string) => {
+    logger.error(`FAULT TEST HOOK: SIGKILL ${why}`);
+    process.kill(process.pid, "SIGKILL");
+  };
+  return {
+    publish: (topic, message) => broker.publish(topic, message),
+    publishEphemeral: (topic, message) => broker.publishEphemeral(topic, message),
+    follow: (topic, options, handler) => broker.follow(topic, options, handler),
+    close: () => broker.close(),
+    ...(broker.backlog === undefined ? {} : { backlog: broker.backlog.bind(broker) }),
+    subscribe(topic, options, handler) {
+      if (topic !== Topics.messages) return broker.subscribe(topic, options, handler);
+      return broker.subscribe(topic, options, async (message) => {
+        if (ackBeforeStore) {
+          // Acknowledged by returning; stored afterwards, or (once armed) never: the process dies
+          // once the acknowledgement has had time to reach the broker.
+          if (armed()) setTimeout(() => die("after acknowledging a message it never stored"), 1_000);
+          else void handler(message).catch((err: unknown) => logger.error({ err }, "lost a message"));
+          return;
+        }
+        await handler(message);
+        if (armed()) die("after storing a message, before acknowledging it");
+      });
+    },
+  };
+}
+
+/** Removes the kill file if it exists; true for the one caller that removed it. */
+function takeKillFile(path: string): boolean {
+  try {
+    unlinkSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -2,8 +2,10 @@
 // it on Pulsar, with idempotency keys and send rate limits in Redis (shared by every sender
 // process); the default, embedded, on the embedded broker's file and the SQLite file in
 // PARLEY_DATA_DIR, with rate limits in memory.
+import { unlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { Broker } from "../../lib/broker/broker.ts";
+import { Topics } from "../../lib/broker/broker.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
 import {
   closeRedisClient,
@@ -11,10 +13,12 @@ import {
   openClusterBroker,
   openClusterRedis,
 } from "../../lib/cluster-engines.ts";
-import { loadConfig, stringVar } from "../../lib/config.ts";
+import { boolVar, loadConfig, optional, stringVar } from "../../lib/config.ts";
+import type { Logger } from "../../lib/logging.ts";
 import { createRedisRateLimiter } from "../../lib/redis/redis-rate-limiter.ts";
 import { grpcServiceConfigSpec, runProcess, startGrpcService } from "../../lib/service-process.ts";
 import { createRedisIdempotencyStore } from "./adapters/redis/idempotency-store.ts";
+import type { IdempotencyStore } from "./domain/ports.ts";
 import type { SenderServiceOptions } from "./service.ts";
 import { createSenderService, DEFAULT_SEND_RATE, SENDER_DEFAULT_PORT } from "./service.ts";
 
@@ -23,6 +27,7 @@ await runProcess("sender", async (logger) => {
     ...grpcServiceConfigSpec("SENDER", SENDER_DEFAULT_PORT),
     dataDir: stringVar("PARLEY_DATA_DIR", { default: ".data" }),
     keyAddress: stringVar("PARLEY_KEY_ADDRESS", { default: "127.0.0.1:7102" }),
+    ...faultSwitchesSpec(),
   });
   const profile = loadProfile();
   let broker: Broker;
@@ -41,7 +46,13 @@ await runProcess("sender", async (logger) => {
     broker = await createEmbeddedBroker({ path: join(config.dataDir, "broker.db") });
     stores = { idempotencyPath: join(config.dataDir, "parley.db") };
   }
-  const sender = await createSenderService({ broker, keyAddress: config.keyAddress, logger, ...stores });
+  const faults = applyFaultSwitches(config, broker, stores, logger);
+  const sender = await createSenderService({
+    broker: faults.broker,
+    keyAddress: config.keyAddress,
+    logger,
+    ...faults.stores,
+  });
   const server = await startGrpcService({
     name: "sender",
     host: config.host,
@@ -62,3 +73,64 @@ await runProcess("sender", async (logger) => {
     server,
   ];
 });
+
+// FAULT TESTS ONLY (test/fault). Unset, they change nothing; each one set is logged at start-up.
+// (Functions, not consts: they are used while the top-level await above is still running.)
+function faultSwitchesSpec() {
+  return {
+    // Armed by creating this file: the next message publish the broker confirms removes it and
+    // SIGKILLs the process, before the idempotency key is marked published and the client answered.
+    killFile: optional(stringVar("PARLEY_SENDER_FAULT_KILL_FILE")),
+    // false: no idempotency key is remembered (a control run: a retry gets a new message id).
+    idempotency: boolVar("PARLEY_SENDER_IDEMPOTENCY", { default: true }),
+  };
+}
+
+function applyFaultSwitches(
+  config: { readonly killFile: string | undefined; readonly idempotency: boolean },
+  broker: Broker,
+  stores: Pick<SenderServiceOptions, "idempotency" | "rateLimiter" | "idempotencyPath">,
+  logger: Logger,
+): { broker: Broker; stores: Pick<SenderServiceOptions, "idempotency" | "rateLimiter" | "idempotencyPath"> } {
+  let faultyBroker = broker;
+  const { killFile } = config;
+  if (killFile !== undefined) {
+    logger.warn(
+      { killFile },
+      "FAULT TEST HOOK: this sender SIGKILLs itself after a publish once the file exists",
+    );
+    faultyBroker = {
+      async publish(topic, message) {
+        const result = await broker.publish(topic, message);
+        if (topic === Topics.messages && takeKillFile(killFile)) {
+          logger.error({ killFile }, "FAULT TEST HOOK: SIGKILL after the broker confirmed a publish");
+          process.kill(process.pid, "SIGKILL");
+        }
+        return result;
+      },
+      publishEphemeral: (topic, message) => broker.publishEphemeral(topic, message),
+      subscribe: (topic, options, handler) => broker.subscribe(topic, options, handler),
+      follow: (topic, options, handler) => broker.follow(topic, options, handler),
+      close: () => broker.close(),
+      ...(broker.backlog === undefined ? {} : { backlog: broker.backlog.bind(broker) }),
+    };
+  }
+  if (config.idempotency) return { broker: faultyBroker, stores };
+  logger.warn("FAULT TEST CONTROL: PARLEY_SENDER_IDEMPOTENCY=false, retried sends get new message ids");
+  const forgetful: IdempotencyStore = {
+    get: async () => undefined,
+    reserve: async (_key, record) => record,
+    markPublished: async () => {},
+  };
+  return { broker: faultyBroker, stores: { ...stores, idempotency: forgetful } };
+}
+
+/** Removes the kill file if it exists; true for the one caller that removed it. */
+function takeKillFile(path: string): boolean {
+  try {
+    unlinkSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
