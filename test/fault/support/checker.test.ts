@@ -191,6 +191,19 @@ describe("fault history checker", () => {
     expect(describeViolations(check(history).violations)).toBe("no violations");
   });
 
+  it("I4 speaks only for this history's sends (a population reused by several runs)", () => {
+    const history = clean();
+    // Seq 1 is an earlier run's message: stored, but displayed in that run's history, not here.
+    history.stored[C] = [
+      { messageId: OTHER, seq: 1n, sender: A, clientMessageId: "c0" },
+      { messageId: M1, seq: 2n, sender: A, clientMessageId: "c1" },
+      { messageId: M2, seq: 3n, sender: A, clientMessageId: "c2" },
+    ];
+    history.displays = history.displays.map((d) => ({ ...d, seq: d.seq + 1n }));
+    history.receipts = history.receipts.map((r) => ({ ...r, upToSeq: 3n }));
+    expect(describeViolations(check(history).violations)).toBe("no violations");
+  });
+
   it("I5: a retried send answered with a new id", () => {
     const history = clean();
     history.sends[0]?.attempts.push({ startedAt: 9, at: 10, messageId: OTHER, duplicate: false });

@@ -232,6 +232,7 @@ export function check(history: FaultHistory): CheckResult {
     const key = `${userOf(d.device)}|${d.messageId}`;
     if (!firstDisplayAt.has(key)) firstDisplayAt.set(key, d.at);
   }
+  const sentHere = new Set(firstId.values());
   const reported = new Set<string>();
   for (const receipt of history.receipts) {
     const conversation = conversations.get(receipt.conversationId);
@@ -250,6 +251,9 @@ export function check(history: FaultHistory): CheckResult {
             .map(([seq, m]) => ({ messageId: m.messageId, sender: m.sender, seq }));
     for (const message of covered) {
       if (message.sender !== "" && userOf(message.sender) === reader) continue;
+      // Only this history's sends: a population reused across runs has older messages whose
+      // displays were recorded by an earlier run.
+      if (!sentHere.has(message.messageId)) continue;
       const key = `${reader}|${message.messageId}`;
       const shownAt = firstDisplayAt.get(key);
       if ((shownAt === undefined || shownAt > receipt.at) && !reported.has(key)) {

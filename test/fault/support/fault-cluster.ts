@@ -8,6 +8,7 @@ import { join } from "node:path";
 import type { Transport } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import cassandra from "cassandra-driver";
 import { openDevIssuer } from "../../../edge/auth/dev-issuer.ts";
 import { devIssuerKeyPath } from "../../../edge/config.ts";
 import type { EngineTargets } from "../../../lib/engines.ts";
@@ -30,7 +31,10 @@ export interface FaultClusterOptions {
   readonly env?: Readonly<Record<string, string>>;
   /** Edge heartbeat interval (ServerReady; idle streams close after 3). Default 5 s. */
   readonly heartbeatIntervalMs?: number;
-  /** Edge registry lease: how long a killed edge's routes outlive it. Default 3 s. */
+  /**
+   * Edge registry lease: how long a killed edge's routes outlive it. Default 10 s (the edge's
+   * own): shorter leases expire on a loaded machine, and their edges close every stream.
+   */
   readonly leaseTtlMs?: number;
   /** HTTP/2 connections per edge URL shared by the devices' clients. Default 4. */
   readonly connectionsPerUrl?: number;
@@ -102,7 +106,7 @@ export async function startFaultCluster(options: FaultClusterOptions = {}): Prom
       logLevel: "warn",
       env: {
         PARLEY_EDGE_HEARTBEAT_INTERVAL: `${options.heartbeatIntervalMs ?? 5_000}ms`,
-        PARLEY_EDGE_LEASE_TTL: `${options.leaseTtlMs ?? 3_000}ms`,
+        PARLEY_EDGE_LEASE_TTL: `${options.leaseTtlMs ?? 10_000}ms`,
         PARLEY_EDGE_DRAIN_TIMEOUT: "2s",
         ...options.env,
       },
@@ -195,6 +199,9 @@ export async function startFaultCluster(options: FaultClusterOptions = {}): Prom
         try {
           for (const relay of relays) await relay.close();
           await cluster.stop();
+          // A fault run leaves thousands of inbox partitions and tombstones: give the shared
+          // engines their memory back (only this cluster's own keyspace and namespace).
+          await dropOwnData(engines, name);
         } finally {
           if (process.env[KEEP_VARIABLE] === "1") console.info(`fault cluster data kept in ${dataDir}`);
           else rmSync(dataDir, { recursive: true, force: true });
@@ -228,4 +235,31 @@ function retryingUnary(inner: Transport): Transport {
     stream: (method, signal, timeoutMs, header, input, contextValues) =>
       inner.stream(method, signal, timeoutMs, header, input, contextValues),
   };
+}
+
+/** Drops this cluster's keyspace and Pulsar namespace; a failure is logged, never thrown (cleanup). */
+async function dropOwnData(engines: EngineTargets, name: string): Promise<void> {
+  const client = new cassandra.Client({
+    contactPoints: [...engines.cassandraContactPoints],
+    localDataCenter: engines.cassandraDatacenter,
+    socketOptions: { readTimeout: 120_000 },
+  });
+  try {
+    await client.connect();
+    await client.execute(`DROP KEYSPACE IF EXISTS ${name}`);
+  } catch (err) {
+    console.warn(`fault cluster: could not drop keyspace ${name}: ${String(err)}`);
+  } finally {
+    await client.shutdown().catch(() => {});
+  }
+  const namespace = `${engines.pulsarWebUrl}/admin/v2/namespaces/parley-test/${name}?force=true`;
+  await fetch(namespace, { method: "DELETE", signal: AbortSignal.timeout(60_000) }).then(
+    (response) => {
+      if (!response.ok && response.status !== 404) {
+        console.warn(`fault cluster: could not delete Pulsar namespace ${name}: HTTP ${response.status}`);
+      }
+    },
+    (err: unknown) =>
+      console.warn(`fault cluster: could not delete Pulsar namespace ${name}: ${String(err)}`),
+  );
 }
