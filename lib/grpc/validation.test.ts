@@ -9,7 +9,13 @@ import { closeChannel, createGrpcClient } from "./client.ts";
 import { fromGrpcError } from "./grpc-error.ts";
 import { createGrpcServer } from "./server.ts";
 import { captureLogs, TestService, validSendRequest } from "./test-support.ts";
-import { createValidationMiddleware, VALIDATION_FAILED, validateMessage } from "./validation.ts";
+import {
+  createValidationMiddleware,
+  isCanonicalUuid,
+  schemaRegexMatch,
+  VALIDATION_FAILED,
+  validateMessage,
+} from "./validation.ts";
 
 type SendInit = MessageInitShape<typeof SendMessageRequestSchema>;
 
@@ -228,5 +234,31 @@ describe("createValidationMiddleware", () => {
       /cannot validate parley\.sender\.v1\.SendMessageRequest/,
     );
     expect(() => createValidationMiddleware([SenderService])).not.toThrow();
+  });
+});
+
+describe("schemaRegexMatch", () => {
+  it("checks canonical UUIDs by hand, as the rule's pattern reads", () => {
+    const pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+    const regex = new RegExp(pattern);
+    for (const candidate of [
+      "0190a5b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
+      "0190A5B2-7C3D-7E4F-8A9B-0C1D2E3F4A5B",
+      "0190a5b2-7c3d-7e4f-8a9b-0c1d2e3f4a5",
+      "0190a5b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b0",
+      "0190a5b2_7c3d-7e4f-8a9b-0c1d2e3f4a5b",
+      "0190a5b2-7c3d-7e4f-8a9b-0c1d2e3f4a5g",
+      "{190a5b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
+      "",
+    ]) {
+      expect(isCanonicalUuid(candidate), candidate).toBe(regex.test(candidate));
+      expect(schemaRegexMatch(pattern, candidate), candidate).toBe(regex.test(candidate));
+    }
+  });
+
+  it("reads the schemas' \\p{Cc} classes as RE2 does", () => {
+    expect(schemaRegexMatch("^[^\\p{Cc}]*$", "Alice’s phone 📱")).toBe(true);
+    expect(schemaRegexMatch("^[^\\p{Cc}]*$", "tab\there")).toBe(false);
+    expect(schemaRegexMatch("^[^\\p{Cc}]*$", "bell\u0007")).toBe(false);
   });
 });

@@ -25,7 +25,50 @@ export const PREDEFINED_RULE_FILES: readonly DescFile[] = [file_parley_common_v1
 
 /** A protovalidate validator that knows Parley's predefined rules, plus any extra files given. */
 export function createParleyValidator(...extra: Array<DescFile | Registry>): Validator {
-  return createValidator({ registry: createRegistry(...PREDEFINED_RULE_FILES, ...extra) });
+  return createValidator({
+    registry: createRegistry(...PREDEFINED_RULE_FILES, ...extra),
+    regexMatch: schemaRegexMatch,
+  });
+}
+
+const CANONICAL_UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+const compiledPatterns = new Map<string, (against: string) => boolean>();
+
+/**
+ * protovalidate's default matcher is RE2 written in JavaScript: a push of 1,000 items spent 6.5%
+ * of the edge's CPU in it, matching message ids. Every pattern it is asked for comes from our own
+ * schemas (no client supplies one), so linear-time matching buys nothing here: ids get a
+ * hand-written check, other patterns the platform's RegExp (unicode mode, which reads RE2's
+ * `\p{..}` classes alike), compiled once. A pattern RegExp refuses throws, which the validation
+ * middleware's warm-up turns into a start-up failure.
+ */
+export function schemaRegexMatch(pattern: string, against: string): boolean {
+  let match = compiledPatterns.get(pattern);
+  if (match === undefined) {
+    match = compilePattern(pattern);
+    compiledPatterns.set(pattern, match);
+  }
+  return match(against);
+}
+
+function compilePattern(pattern: string): (against: string) => boolean {
+  if (pattern === CANONICAL_UUID_PATTERN) return isCanonicalUuid;
+  const regex = new RegExp(pattern, "u");
+  return (against) => regex.test(against);
+}
+
+/** 8-4-4-4-12 lowercase hex digits. */
+export function isCanonicalUuid(value: string): boolean {
+  if (value.length !== 36) return false;
+  for (let i = 0; i < 36; i++) {
+    const c = value.charCodeAt(i);
+    if (i === 8 || i === 13 || i === 18 || i === 23) {
+      if (c !== 45 /* - */) return false;
+    } else if (!((c >= 48 && c <= 57) || (c >= 97 && c <= 102))) {
+      return false;
+    }
+  }
+  return true;
 }
 
 let shared: Validator | undefined;
