@@ -11,6 +11,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import cassandra from "cassandra-driver";
 import { openDevIssuer } from "../../../edge/auth/dev-issuer.ts";
 import { devIssuerKeyPath } from "../../../edge/config.ts";
+import { createPulsarAdmin } from "../../../lib/broker/pulsar/admin.ts";
 import type { EngineTargets } from "../../../lib/engines.ts";
 import { engineTargets, uniqueTestName } from "../../../lib/engines.ts";
 import type { ClusterProcessSpec, RunningCluster } from "../../../tools/cluster/cluster.ts";
@@ -252,14 +253,18 @@ async function dropOwnData(engines: EngineTargets, name: string): Promise<void> 
   } finally {
     await client.shutdown().catch(() => {});
   }
-  const namespace = `${engines.pulsarWebUrl}/admin/v2/namespaces/parley-test/${name}?force=true`;
-  await fetch(namespace, { method: "DELETE", signal: AbortSignal.timeout(60_000) }).then(
-    (response) => {
-      if (!response.ok && response.status !== 404) {
-        console.warn(`fault cluster: could not delete Pulsar namespace ${name}: HTTP ${response.status}`);
-      }
-    },
-    (err: unknown) =>
-      console.warn(`fault cluster: could not delete Pulsar namespace ${name}: ${String(err)}`),
-  );
+  // Pulsar refuses a forced namespace delete unless the broker allows it: topics go first.
+  const admin = createPulsarAdmin({ webUrl: engines.pulsarWebUrl, timeoutMs: 60_000 });
+  const namespace = `parley-test/${name}`;
+  try {
+    const topics = await admin.listTopics(namespace);
+    await Promise.all(
+      topics
+        .filter((topic) => topic.startsWith("persistent://"))
+        .map((topic) => admin.deleteTopic(topic.slice("persistent://".length))),
+    );
+    await admin.deleteNamespace(namespace);
+  } catch (err) {
+    console.warn(`fault cluster: could not delete Pulsar namespace ${namespace}: ${String(err)}`);
+  }
 }
