@@ -1,4 +1,4 @@
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { ConversationView } from "./conversation-view.ts";
 
 const direct = (id: string, a: string, b: string, version = 1n, deleted = false) => ({
@@ -86,5 +86,28 @@ describe("ConversationView", () => {
     });
     expect(view.conversationsOf("b")).toEqual([]);
     expect(view.shareConversation("a", "c")).toBe(true);
+  });
+
+  it("untilVersion resolves when the version (or a later one) arrives, and false on timeout", async () => {
+    vi.useFakeTimers();
+    try {
+      const view = new ConversationView();
+      view.applyMembership(direct("c", "a", "b", 2n));
+      await expect(view.untilVersion("c", 2n, 1_000)).resolves.toBe(true);
+
+      const later = view.untilVersion("c", 4n, 1_000);
+      const other = view.untilVersion("d", 1n, 1_000);
+      view.applyMembership(direct("c", "a", "b", 3n));
+      view.applyMembership(direct("c", "a", "b", 5n));
+      await expect(later).resolves.toBe(true);
+
+      await vi.advanceTimersByTimeAsync(1_000);
+      await expect(other).resolves.toBe(false);
+      // A late arrival after the timeout finds nobody waiting.
+      view.applyMembership(direct("d", "a", "c", 1n));
+      expect(view.conversation("d")?.version).toBe(1n);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

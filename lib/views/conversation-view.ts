@@ -50,6 +50,8 @@ export interface BlockUpdate {
  */
 export class ConversationView implements ConversationDirectory {
   readonly #conversations = new Map<string, ConversationMembership>();
+  /** Callers waiting for a conversation to reach a membership version (see `untilVersion`). */
+  readonly #waiting = new Map<string, Set<{ readonly version: bigint; readonly resolve: () => void }>>();
   readonly #blocks = new Map<string, { blocked: boolean; version: bigint }>();
   /** user -> ids of the live conversations they are in (the reverse index for contacts and sharing). */
   readonly #liveByUser = new Map<string, Set<string>>();
@@ -94,6 +96,35 @@ export class ConversationView implements ConversationDirectory {
       }
     }
     this.#conversations.set(next.conversationId, next);
+    const waiting = this.#waiting.get(next.conversationId);
+    if (waiting !== undefined) {
+      for (const waiter of waiting) if (waiter.version <= next.version) waiter.resolve();
+    }
+  }
+
+  /**
+   * Resolves true once the view holds `conversationId` at `version` or later, false after
+   * `timeoutMs`: lets a caller that learned of a change from its source (the connection service)
+   * wait for the broker to bring it here instead of answering from a stale view.
+   */
+  untilVersion(conversationId: string, version: bigint, timeoutMs: number): Promise<boolean> {
+    if ((this.#conversations.get(conversationId)?.version ?? -1n) >= version) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      let waiting = this.#waiting.get(conversationId);
+      if (waiting === undefined) {
+        waiting = new Set();
+        this.#waiting.set(conversationId, waiting);
+      }
+      const finish = (reached: boolean) => {
+        clearTimeout(timer);
+        waiting.delete(waiter);
+        if (waiting.size === 0) this.#waiting.delete(conversationId);
+        resolve(reached);
+      };
+      const waiter = { version, resolve: () => finish(true) };
+      const timer = setTimeout(() => finish(false), timeoutMs);
+      waiting.add(waiter);
+    });
   }
 
   conversationsOf(userId: string): readonly ConversationMembership[] {

@@ -27,6 +27,7 @@ await runProcess("sender", async (logger) => {
     ...grpcServiceConfigSpec("SENDER", SENDER_DEFAULT_PORT),
     dataDir: stringVar("PARLEY_DATA_DIR", { default: ".data" }),
     keyAddress: stringVar("PARLEY_KEY_ADDRESS", { default: "127.0.0.1:7102" }),
+    connectionAddress: stringVar("PARLEY_CONNECTION_ADDRESS", { default: "127.0.0.1:7101" }),
     ...faultSwitchesSpec(),
   });
   const profile = loadProfile();
@@ -50,6 +51,7 @@ await runProcess("sender", async (logger) => {
   const sender = await createSenderService({
     broker: faults.broker,
     keyAddress: config.keyAddress,
+    connectionAddress: config.connectionAddress,
     logger,
     ...faults.stores,
   });

@@ -1,3 +1,4 @@
+import { ConnectionService } from "../../gen/parley/connection/v1/connection_service_pb.ts";
 import { KeyService } from "../../gen/parley/key/v1/key_service_pb.ts";
 import { SenderService } from "../../gen/parley/sender/v1/sender_service_pb.ts";
 import type { Broker } from "../../lib/broker/broker.ts";
@@ -12,6 +13,7 @@ import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
 import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
 import { createAcceptedMessagePublisher } from "./adapters/broker/accepted-message-publisher.ts";
+import { createConnectionMembershipSource } from "./adapters/connection-service/membership-source.ts";
 import { createKeyServiceDeviceDirectory } from "./adapters/key-service/device-directory.ts";
 import { createMemoryIdempotencyStore } from "./adapters/memory/idempotency-store.ts";
 import { createSqliteIdempotencyStore } from "./adapters/sqlite/sqlite-idempotency-store.ts";
@@ -29,6 +31,11 @@ export interface SenderServiceOptions {
   readonly broker: Broker;
   /** host:port of the key service (device lists). */
   readonly keyAddress: string;
+  /**
+   * host:port of the connection service, asked when the membership view has not yet heard of a
+   * conversation the sender may have just created or joined.
+   */
+  readonly connectionAddress: string;
   readonly logger: Logger;
   /** Per-device send rate. Default DEFAULT_SEND_RATE. */
   readonly rateLimit?: RateRule;
@@ -50,13 +57,14 @@ export interface SenderServiceParts {
 
 /**
  * The sender with its in-process adapters (embedded profile): a membership and block view fed
- * from the broker, device lists from the key service, idempotency keys in SQLite (or memory), rate
+ * from the broker (the connection service asked when it lags), device lists from the key service, idempotency keys in SQLite (or memory), rate
  * limits in memory.
  */
 export async function createSenderService(options: SenderServiceOptions): Promise<SenderServiceParts> {
   const view = new ConversationView();
   const feeds = await feedConversationView(options.broker, view, options.logger);
   const keys = createGrpcClient(KeyService, options.keyAddress);
+  const connection = createGrpcClient(ConnectionService, options.connectionAddress);
   const devices = await createKeyServiceDeviceDirectory({ keys, broker: options.broker });
   // What the caller passes in is the caller's to close; what is made here is closed by stop().
   const ownIdempotency =
@@ -73,6 +81,7 @@ export async function createSenderService(options: SenderServiceOptions): Promis
   const rateLimiter: RateLimiter = options.rateLimiter ?? (ownLimiter as RateLimiter);
   const sendMessage = createSendMessage({
     conversations: view,
+    membership: createConnectionMembershipSource(connection),
     devices,
     idempotency,
     rateLimiter: countRejections(rateLimiter, "send_message"),
@@ -88,6 +97,7 @@ export async function createSenderService(options: SenderServiceOptions): Promis
       ownIdempotency?.close();
       ownLimiter?.close();
       closeChannel(keys);
+      closeChannel(connection);
     },
   };
 }

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { Client, Interceptor, Transport } from "@connectrpc/connect";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type {
   ErrorEvent,
@@ -296,59 +296,9 @@ export async function connectUsers(a: TestUser, b: TestUser): Promise<string> {
   if (accepted.connection?.conversationId !== id) {
     throw new Error(`accepting gave conversation ${accepted.connection?.conversationId}, expected ${id}`);
   }
-  await untilSenderSees(a, id);
+  // No wait for the sender's view: a send right after the accept must be taken (the sender asks
+  // the connection service when its view lags), and the tests' first sends check that it is.
   return id;
-}
-
-/**
- * Resolves once the sender service takes `user` for a member of `conversationId`. Creating a
- * conversation answers once the connection service stored it; the sender learns of it from the
- * broker a moment later (on the cluster profile a Pulsar hop, see docs/architecture.md) and until
- * then refuses sends to it with NOT_FOUND. The probe is addressed to a device that does not
- * exist, so it is refused either way (FAILED_PRECONDITION once the conversation is known) and
- * never stores a message.
- */
-export async function untilSenderSees(
-  user: TestUser,
-  conversationId: string,
-  timeoutMs = 30_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const refused = await user.primary.raw.session
-      .send({
-        message: {
-          conversationId,
-          clientMessageId: crypto.randomUUID(),
-          envelope: {
-            kind: ContentKind.TEXT,
-            payload: {
-              case: "perDevice",
-              value: {
-                recipients: [
-                  {
-                    userId: user.userId,
-                    devices: [{ deviceId: "probe-none", ciphertext: new Uint8Array([1]) }],
-                  },
-                ],
-              },
-            },
-          },
-        },
-      })
-      .then(
-        () => undefined,
-        (err: unknown) => ConnectError.from(err),
-      );
-    if (refused === undefined) throw new Error("a probe send to a device that does not exist was accepted");
-    // Rate-limited probes (each takes a send token) say nothing yet: wait and ask again.
-    if (refused.code !== Code.NotFound && refused.code !== Code.ResourceExhausted) return;
-    if (Date.now() > deadline) {
-      throw new Error(`the sender did not learn of conversation ${conversationId} within ${timeoutMs} ms`);
-    }
-    // Slower than the sender's per-device refill (20/s), so probing leaves the test its sends.
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
 }
 
 /**
@@ -373,7 +323,6 @@ export async function createGroup(
   });
   const id = created.conversation?.conversationId;
   if (id === undefined || id === "") throw new Error("CreateGroup returned no conversation id");
-  await untilSenderSees(owner, id);
   return id;
 }
 

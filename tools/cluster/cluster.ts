@@ -95,7 +95,10 @@ export function clusterLayout(options: ClusterLayoutOptions): ClusterLayout {
   const connection = service("connection", "CONNECTION", "services/connection/main.ts", {
     PARLEY_KEY_ADDRESS: key,
   });
-  const sender = service("sender", "SENDER", "services/sender/main.ts", { PARLEY_KEY_ADDRESS: key });
+  const sender = service("sender", "SENDER", "services/sender/main.ts", {
+    PARLEY_KEY_ADDRESS: key,
+    PARLEY_CONNECTION_ADDRESS: connection,
+  });
   const history = service("history", "HISTORY", "services/history/main.ts");
   const deliveries: string[] = [];
   for (let i = 1; i <= deliveryWorkers; i++) {

@@ -87,11 +87,12 @@ export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<E
       devices: { keyAddress },
     });
     track("connection-parts", () => connection.stop());
-    await serve("connection", connection.registrations);
+    const connectionAddress = await serve("connection", connection.registrations);
 
     const sender = await createSenderService({
       broker,
       keyAddress,
+      connectionAddress,
       logger: options.logger,
       idempotencyPath: storePath,
     });

@@ -6,7 +6,7 @@ import { ParleyError } from "../../../lib/errors.ts";
 import { createMemoryRateLimiter } from "../../../lib/rate-limit.ts";
 import { ConversationView } from "../../../lib/views/conversation-view.ts";
 import { createMemoryIdempotencyStore } from "../adapters/memory/idempotency-store.ts";
-import type { AcceptedMessage, DeviceDirectory } from "./ports.ts";
+import type { AcceptedMessage, DeviceDirectory, MembershipSource } from "./ports.ts";
 import type { SendCommand } from "./send-message.ts";
 import { createSendMessage } from "./send-message.ts";
 
@@ -289,5 +289,107 @@ describe("sending", () => {
     expect([err.code, err.reason]).toEqual(["resource_exhausted", "RATE_LIMITED"]);
     expect(err.retryDelayMs).toBe(1000);
     await send(command({ sender: { userId: "alice", deviceId: "laptop" }, clientMessageId: "other-device" }));
+  });
+});
+
+describe("a membership the view has not heard of yet", () => {
+  const fresh = "00000000-0000-7000-8000-000000000099";
+  const sendWith = (membership: MembershipSource, viewCatchUpMs = 1_000) =>
+    createSendMessage({
+      conversations: view,
+      membership,
+      viewCatchUpMs,
+      devices: deviceDirectory,
+      idempotency: createMemoryIdempotencyStore(),
+      rateLimiter: createMemoryRateLimiter({ burst: 5, perSecond: 1 }, { now: () => 0 }),
+      publisher: {
+        async publish(message) {
+          published.push(message);
+        },
+      },
+      metrics: { blockedSenderDrops: () => {} },
+      newMessageId: () => `m-${++ids}`,
+    });
+  const source = (versions: Record<string, bigint>): MembershipSource & { asked: string[] } => {
+    const asked: string[] = [];
+    return {
+      asked,
+      async membershipVersion(userId, conversationId) {
+        asked.push(`${userId}@${conversationId}`);
+        return versions[`${userId}@${conversationId}`];
+      },
+    };
+  };
+
+  it("waits for the view to get a group the connection service already has, then sends", async () => {
+    const membership = source({ [`alice@${fresh}`]: 1n });
+    const sending = sendWith(membership)(command({ conversationId: fresh }));
+    // The MembershipChanged event arrives through the broker while the send waits.
+    setTimeout(
+      () =>
+        view.applyMembership({
+          conversationId: fresh,
+          kind: "group",
+          version: 1n,
+          memberUserIds: ["alice", "carol"],
+          deleted: false,
+        }),
+      20,
+    );
+    const outcome = await sending;
+    expect(outcome.duplicate).toBe(false);
+    expect(membership.asked).toEqual([`alice@${fresh}`]);
+    expect(
+      published
+        .at(-1)
+        ?.recipientDevices.map((d) => `${d.userId}/${d.deviceId}`)
+        .sort(),
+    ).toEqual(["alice/laptop", "carol/tablet"]);
+  });
+
+  it("answers UNAVAILABLE MEMBERSHIP_PROPAGATING when the view does not catch up in time", async () => {
+    const err = await refusal(
+      sendWith(source({ [`alice@${fresh}`]: 1n }), 30)(command({ conversationId: fresh })),
+    );
+    expect(err.code).toBe("unavailable");
+    expect(err.reason).toBe("MEMBERSHIP_PROPAGATING");
+    expect(err.message).toContain("retry with the same client_message_id");
+    expect(published).toHaveLength(0);
+  });
+
+  it("refuses NOT_FOUND when the connection service says the sender is not a member, without waiting", async () => {
+    const membership = source({});
+    const err = await refusal(sendWith(membership, 60_000)(command({ conversationId: fresh })));
+    expect(err.code).toBe("not_found");
+    expect(err.reason).toBe("CONVERSATION_NOT_FOUND");
+    expect(membership.asked).toHaveLength(1);
+  });
+
+  it("refuses NOT_FOUND when the view already holds the version the service answered (a removed member)", async () => {
+    const err = await refusal(
+      sendWith(
+        source({ [`dave@${group}`]: 3n }),
+        60_000,
+      )(command({ sender: { userId: "dave", deviceId: "phone" }, conversationId: group })),
+    );
+    expect(err.code).toBe("not_found");
+  });
+
+  it("does not ask the connection service for a conversation the view knows the sender in", async () => {
+    const membership = source({});
+    await sendWith(membership)(command());
+    expect(membership.asked).toEqual([]);
+  });
+
+  it("answers UNAVAILABLE MEMBERSHIP_UNAVAILABLE when the connection service cannot be asked", async () => {
+    const err = await refusal(
+      sendWith({
+        async membershipVersion() {
+          throw new Error("connect ECONNREFUSED 127.0.0.1:7101");
+        },
+      })(command({ conversationId: fresh })),
+    );
+    expect(err.code).toBe("unavailable");
+    expect(err.reason).toBe("MEMBERSHIP_UNAVAILABLE");
   });
 });

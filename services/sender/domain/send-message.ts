@@ -8,15 +8,18 @@ import {
   notFound,
   permissionDenied,
   resourceExhausted,
+  unavailable,
 } from "../../../lib/errors.ts";
 import type { RateLimiter } from "../../../lib/rate-limit.ts";
 import type {
   AcceptedMessagePublisher,
   AcceptedRecord,
-  ConversationDirectory,
+  ConversationMembership,
+  ConversationViewOfSender,
   DeviceDirectory,
   DeviceRef,
   IdempotencyStore,
+  MembershipSource,
   SenderMetrics,
 } from "./ports.ts";
 
@@ -35,7 +38,14 @@ export interface SendOutcome {
 }
 
 export interface SenderDeps {
-  readonly conversations: ConversationDirectory;
+  readonly conversations: ConversationViewOfSender;
+  /**
+   * Asked when the view does not know the sender as a member yet; without it such a send is
+   * refused NOT_FOUND at once.
+   */
+  readonly membership?: MembershipSource;
+  /** How long a send waits for the view to catch up with the membership source. Default 5 s. */
+  readonly viewCatchUpMs?: number;
   readonly devices: DeviceDirectory;
   readonly idempotency: IdempotencyStore;
   /** Per device (`user/device`), one token per send. */
@@ -115,8 +125,11 @@ export function createSendMessage(deps: SenderDeps): (command: SendCommand) => P
         },
       );
     }
-    const conversation = deps.conversations.conversation(command.conversationId);
     const senderUser = command.sender.userId;
+    let conversation = deps.conversations.conversation(command.conversationId);
+    if (!isLiveMember(conversation, senderUser)) {
+      conversation = await catchUpWithMembership(deps, senderUser, command.conversationId);
+    }
     if (conversation === undefined || !conversation.memberUserIds.includes(senderUser)) {
       throw conversationNotFound(command.conversationId);
     }
@@ -237,6 +250,44 @@ function sameContentOrRefuse(command: SendCommand, previous: AcceptedRecord, dig
     );
   }
   return { messageId: previous.messageId, acceptedAt: previous.acceptedAt, duplicate: true };
+}
+
+function isLiveMember(conversation: ConversationMembership | undefined, userId: string): boolean {
+  return conversation !== undefined && !conversation.deleted && conversation.memberUserIds.includes(userId);
+}
+
+/**
+ * The view lags the connection service by a broker hop: a client that sends right after creating
+ * a group or accepting a contact would otherwise be refused a conversation it is a member of. Ask
+ * the source, and if it knows a newer membership than the view, wait for the view to get it.
+ */
+async function catchUpWithMembership(
+  deps: SenderDeps,
+  userId: string,
+  conversationId: string,
+): Promise<ConversationMembership | undefined> {
+  const stale = deps.conversations.conversation(conversationId);
+  if (deps.membership === undefined) return stale;
+  let version: bigint | undefined;
+  try {
+    version = await deps.membership.membershipVersion(userId, conversationId);
+  } catch (err) {
+    throw unavailable(
+      "MEMBERSHIP_UNAVAILABLE",
+      "cannot confirm your membership of this conversation right now; retry with the same client_message_id",
+      { retryDelayMs: 1_000, cause: err },
+    );
+  }
+  if (version === undefined || (stale !== undefined && stale.version >= version)) return stale;
+  const reached = await deps.conversations.untilVersion(conversationId, version, deps.viewCatchUpMs ?? 5_000);
+  if (!reached) {
+    throw unavailable(
+      "MEMBERSHIP_PROPAGATING",
+      "this conversation's latest membership has not reached the sender yet; retry with the same client_message_id",
+      { retryDelayMs: 1_000 },
+    );
+  }
+  return deps.conversations.conversation(conversationId);
 }
 
 function conversationNotFound(conversationId: string) {
