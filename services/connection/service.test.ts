@@ -2,7 +2,7 @@
 // validation and error mapping) called through lib's createGrpcClient, on the SQLite store and
 // the embedded broker. Codes and ErrorInfo reasons are read back with fromGrpcError.
 import { fromBinary } from "@bufbuild/protobuf";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { ConnectionState, MemberRole } from "../../gen/parley/connection/v1/connection_pb.ts";
 import { ConnectionService } from "../../gen/parley/connection/v1/connection_service_pb.ts";
 import {
@@ -19,6 +19,7 @@ import { fromGrpcError } from "../../lib/grpc/grpc-error.ts";
 import { createGrpcServer } from "../../lib/grpc/server.ts";
 import { directConversationId } from "../../lib/ids.ts";
 import { createLogger } from "../../lib/logging.ts";
+import type { RateLimiter } from "../../lib/rate-limit.ts";
 import type { StopTelemetry } from "../../lib/telemetry.ts";
 import { startTelemetry } from "../../lib/telemetry.ts";
 import { Reason } from "./domain/errors.ts";
@@ -37,11 +38,11 @@ afterEach(async () => {
   for (const step of cleanup.splice(0).reverse()) await step();
 });
 
-async function start() {
+async function start(options: { readonly requestLimiter?: RateLimiter } = {}) {
   const logger = createLogger("connection-test", "silent");
   const broker = await createEmbeddedBroker({ path: ":memory:", logger });
   cleanup.push(() => broker.close());
-  const connection = createConnectionService({ store: { path: ":memory:" }, broker, logger });
+  const connection = createConnectionService({ store: { path: ":memory:" }, broker, logger, ...options });
   cleanup.push(() => connection.stop());
   const server = createGrpcServer({ name: "connection", logger, services: connection.registrations });
   const port = await server.listen("127.0.0.1", 0);
@@ -331,5 +332,29 @@ describe("ConnectionService over gRPC", () => {
     expect(left.leftAt).toBeDefined();
     const groups = await client.listConversations({ userId: "m01", kind: 2 });
     expect(groups.conversations.map((c) => c.memberCount)).toEqual([11]);
+  });
+});
+
+describe("ConnectionService's request limiter", () => {
+  it("is the one it is given when there is one, and closing it is left to the caller", async () => {
+    const takes: string[] = [];
+    const refusing = {
+      async take(key: string, cost = 1) {
+        takes.push(`${key} x${cost}`);
+        return { allowed: false, retryAfterMs: 9_000 } as const;
+      },
+      close: vi.fn(),
+    };
+    const { client } = await start({ requestLimiter: refusing });
+    await users(client, "alice", "bob");
+    const refusal = await expectFailure(
+      client.requestConnection({ userId: "alice", otherUserId: "bob" }),
+      "resource_exhausted",
+      Reason.rateLimited,
+    );
+    expect(refusal.retryDelayMs).toBe(9_000);
+    expect(takes).toEqual(["alice x1"]);
+    for (const step of cleanup.splice(0).reverse()) await step();
+    expect(refusing.close).not.toHaveBeenCalled();
   });
 });

@@ -52,7 +52,11 @@ export interface ConnectionServiceOptions {
    * (host:port). Without either, connections carry no devices.
    */
   readonly devices?: DeviceDirectory | { readonly keyAddress: string };
-  /** Limits new connection requests; default DEFAULT_REQUEST_LIMIT per user, in memory (on `clock`). */
+  /**
+   * Limits new connection requests (the cluster's Redis limiter, shared by every replica; the
+   * caller's to close). Default: DEFAULT_REQUEST_LIMIT per user in memory (on `clock`), closed by
+   * stop().
+   */
   readonly requestLimiter?: RateLimiter;
   /** The clock (tests). */
   readonly clock?: () => Date;
@@ -73,8 +77,8 @@ function isStore(store: ConnectionServiceOptions["store"]): store is ConnectionS
 
 /**
  * The connection service with its embedded adapters: the SQLite store and its outbox relayed to
- * the broker, an in-memory request rate limiter, and devices from the key service. Both the
- * embedded mesh and services/connection/main.ts start it this way.
+ * the broker, a request rate limiter (in memory unless passed in), and devices from the key
+ * service. Both the embedded mesh and services/connection/main.ts start it this way.
  */
 export function createConnectionService(options: ConnectionServiceOptions): ConnectionServiceParts {
   const ownsStore = !isStore(options.store);

@@ -1,9 +1,9 @@
 // A delivery worker in its own process: `node services/delivery/main.ts`. PARLEY_PROFILE=cluster
 // runs it on Pulsar (several workers share the subscriptions), with routes read from etcd and
-// fan-out checkpoints and presence in Redis; the default, embedded, on the embedded broker's file
-// in PARLEY_DATA_DIR and an in-process registry, which no edge process can write: there it pushes
-// nothing (devices catch up through Sync), and only the embedded mesh, where the edge shares the
-// process, pushes.
+// fan-out checkpoints, presence and the typing rate limit in Redis (shared by every worker); the
+// default, embedded, on the embedded broker's file in PARLEY_DATA_DIR and an in-process registry,
+// which no edge process can write: there it pushes nothing (devices catch up through Sync), and
+// only the embedded mesh, where the edge shares the process, pushes.
 import { unlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { Broker } from "../../lib/broker/broker.ts";
@@ -17,6 +17,7 @@ import {
 } from "../../lib/cluster-engines.ts";
 import { boolVar, loadConfig, optional, stringVar } from "../../lib/config.ts";
 import type { Logger } from "../../lib/logging.ts";
+import { createRedisRateLimiter } from "../../lib/redis/redis-rate-limiter.ts";
 import { createInProcessRegistry } from "../../lib/registry/in-process-registry.ts";
 import type { Registry } from "../../lib/registry/registry.ts";
 import { grpcServiceConfigSpec, runProcess, startGrpcService } from "../../lib/service-process.ts";
@@ -24,7 +25,7 @@ import { createRedisCheckpointStore } from "./adapters/redis/checkpoint-store.ts
 import { createRedisPresenceStore } from "./adapters/redis/presence-store.ts";
 import type { CheckpointStore } from "./domain/ports.ts";
 import type { DeliveryServiceOptions } from "./service.ts";
-import { createDeliveryService, DELIVERY_DEFAULT_PORT } from "./service.ts";
+import { createDeliveryService, DELIVERY_DEFAULT_PORT, TYPING_RATE } from "./service.ts";
 
 await runProcess("delivery", async (logger) => {
   const config = loadConfig({
@@ -35,7 +36,7 @@ await runProcess("delivery", async (logger) => {
   const profile = loadProfile();
   let broker: Broker;
   let registry: Registry;
-  let stores: Pick<DeliveryServiceOptions, "checkpoints" | "presenceStore"> = {};
+  let stores: Pick<DeliveryServiceOptions, "checkpoints" | "presenceStore" | "typingLimiter"> = {};
   let closeEngines = async () => {};
   if (profile.profile === "cluster") {
     const redis = openClusterRedis(profile.engines, logger, "parley-delivery");
@@ -49,6 +50,9 @@ await runProcess("delivery", async (logger) => {
         logger,
       ),
       presenceStore: createRedisPresenceStore(redis, { keyPrefix: `${prefix}delivery:presence:` }),
+      typingLimiter: createRedisRateLimiter(redis, TYPING_RATE, {
+        keyPrefix: `${prefix}delivery:rate:typing:`,
+      }),
     };
     closeEngines = () => closeRedisClient(redis);
   } else {

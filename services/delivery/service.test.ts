@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { DeliveryService, DeviceActivity } from "../../gen/parley/delivery/v1/delivery_service_pb.ts";
 import type { PushBatchRequest } from "../../gen/parley/delivery/v1/edge_push_service_pb.ts";
 import { EdgePushService, PushOutcome } from "../../gen/parley/delivery/v1/edge_push_service_pb.ts";
@@ -23,21 +23,28 @@ import { PresenceState } from "../../gen/parley/events/v1/presence_events_pb.ts"
 import type { Broker, BrokerMessage } from "../../lib/broker/broker.ts";
 import { Topics } from "../../lib/broker/broker.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
+import { engineTargets } from "../../lib/engines.ts";
+import type { ParleyError } from "../../lib/errors.ts";
 import { closeChannel, createGrpcClient } from "../../lib/grpc/client.ts";
+import { fromGrpcError } from "../../lib/grpc/grpc-error.ts";
 import type { GrpcServer } from "../../lib/grpc/server.ts";
 import { createGrpcServer } from "../../lib/grpc/server.ts";
 import { directConversationId } from "../../lib/ids.ts";
 import { createLogger } from "../../lib/logging.ts";
+import type { RateLimiter } from "../../lib/rate-limit.ts";
+import { createRedisRateLimiter } from "../../lib/redis/redis-rate-limiter.ts";
+import { useRedis } from "../../lib/redis/test-support.ts";
 import type { InProcessRegistry } from "../../lib/registry/in-process-registry.ts";
 import { createInProcessRegistry } from "../../lib/registry/in-process-registry.ts";
 import type { HostLease } from "../../lib/registry/registry.ts";
 import type { CheckpointStore } from "./domain/ports.ts";
 import type { DeliveryServiceParts } from "./service.ts";
-import { createDeliveryService } from "./service.ts";
+import { createDeliveryService, TYPING_RATE } from "./service.ts";
 
 const logger = createLogger("delivery-service-test", "silent");
 const group = "0190e8f4-1c7b-7000-8000-0000000000aa";
 const TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const targets = engineTargets();
 
 async function waitFor(condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -202,6 +209,64 @@ describe("delivery service (embedded broker, in-process registry, real EdgePushS
     return { acked, crashed };
   }
 
+  /** With the engines on, a Redis for the limiters that workers share (the cluster profile's). */
+  const redisContext = targets === undefined ? undefined : useRedis("delivery_service");
+
+  /**
+   * A delivery worker with `typingLimiter`, served over gRPC, once its membership view knows the
+   * group (alice and bob): `setTyping` answers "ok" or the error's code/reason.
+   */
+  async function startTypingWorker(typingLimiter: RateLimiter) {
+    const worker = await createDeliveryService({ broker, registry, logger, typingLimiter });
+    cleanup.push(() => worker.stop());
+    const server = createGrpcServer({ name: "delivery", logger, services: worker.registrations });
+    const port = await server.listen("127.0.0.1", 0);
+    cleanup.push(() => server.shutdown(100));
+    const client = createGrpcClient(DeliveryService, `127.0.0.1:${port}`);
+    cleanup.push(() => closeChannel(client));
+    let refusal: ParleyError | undefined;
+    const setTyping = async (device: string) => {
+      const [userId = "", deviceId = ""] = device.split("/");
+      refusal = undefined;
+      try {
+        await client.setTyping({ device: { userId, deviceId }, conversationId: group, typing: true });
+        return "ok";
+      } catch (err) {
+        refusal = fromGrpcError(err);
+        return `${refusal.code}/${refusal.reason}`;
+      }
+    };
+    return { worker, setTyping, lastRefusal: () => refusal };
+  }
+
+  async function publishGroup(members: string[]) {
+    await broker.publish(Topics.memberships, {
+      key: group,
+      payload: toBinary(
+        MembershipChangedSchema,
+        create(MembershipChangedSchema, {
+          eventId: "0190e8f4-1c7b-7000-8000-0000000000e2",
+          conversationId: group,
+          kind: ConversationKind.GROUP,
+          version: 1n,
+          members: members.map((userId) => ({ userId, role: MemberRole.MEMBER })),
+          changedAt: timestampFromMs(1),
+        }),
+      ),
+    });
+  }
+
+  /** Waits until `setTyping(device)` is past the membership check (which comes before the limiter). */
+  async function untilMember(setTyping: (device: string) => Promise<string>, device: string) {
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const answer = await setTyping(device);
+      if (answer !== "not_found/CONVERSATION_NOT_FOUND") return answer;
+      if (Date.now() > deadline) throw new Error("timed out waiting for the membership view");
+      await sleep(10);
+    }
+  }
+
   it("pushes each target device's message, with its ciphertext and cursor, to the host holding it, once", async () => {
     const { acked } = await startDelivery();
     const id = "0190e8f4-1c7b-7000-8000-000000000001";
@@ -329,4 +394,49 @@ describe("delivery service (embedded broker, in-process registry, real EdgePushS
     });
     expect(forCarol.presences).toEqual([]);
   });
+
+  it("consults the typing limiter it is given, and leaves closing it to the caller", async () => {
+    await publishGroup(["alice", "bob"]);
+    const takes: string[] = [];
+    const refusing = {
+      async take(key: string, cost = 1) {
+        takes.push(`${key} x${cost}`);
+        return { allowed: false, retryAfterMs: 2_500 } as const;
+      },
+      close: vi.fn(),
+    };
+    const { worker, setTyping, lastRefusal } = await startTypingWorker(refusing);
+    expect(await untilMember(setTyping, "alice/phone")).toBe("resource_exhausted/RATE_LIMITED");
+    expect(lastRefusal()?.retryDelayMs).toBe(2_500);
+    expect(takes).toEqual(["alice/phone x1"]);
+    await worker.stop();
+    expect(refusing.close).not.toHaveBeenCalled();
+  });
+
+  it.runIf(redisContext !== undefined)(
+    "workers on the cluster's Redis limiter share one typing budget per device",
+    async () => {
+      const redis = redisContext?.redis;
+      if (redis === undefined) throw new Error("needs Redis");
+      await publishGroup(["alice", "bob"]);
+      // One key prefix, as every worker of a deployment gets from its main; the clock stands
+      // still, so nothing refills while the test runs (refilling is the adapter's own test).
+      const keyPrefix = redisContext?.prefix() ?? "";
+      const t = Date.now();
+      const limiter = () => createRedisRateLimiter(redis, TYPING_RATE, { keyPrefix, now: () => t });
+      const workers = [await startTypingWorker(limiter()), await startTypingWorker(limiter())];
+      // bob's bucket, not alice's, pays for waiting on each worker's membership view.
+      for (const { setTyping } of workers) expect(await untilMember(setTyping, "bob/phone")).toBe("ok");
+      const answers: string[] = [];
+      for (let i = 0; i < TYPING_RATE.burst + 2; i++) {
+        answers.push(await (workers[i % 2]?.setTyping("alice/phone") ?? "no worker"));
+      }
+      expect(answers).toEqual([
+        ...Array<string>(TYPING_RATE.burst).fill("ok"),
+        "resource_exhausted/RATE_LIMITED",
+        "resource_exhausted/RATE_LIMITED",
+      ]);
+      expect(workers[1]?.lastRefusal()?.retryDelayMs).toBe(1_000);
+    },
+  );
 });

@@ -10,7 +10,7 @@ import {
   MESSAGE_LATENCY_BUCKETS_S,
   observeBrokerBacklog,
 } from "../../lib/metrics.ts";
-import type { RateRule } from "../../lib/rate-limit.ts";
+import type { RateLimiter, RateRule } from "../../lib/rate-limit.ts";
 import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import type { Registry } from "../../lib/registry/registry.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
@@ -48,6 +48,11 @@ export interface DeliveryServiceOptions {
   readonly checkpoints?: CheckpointStore;
   /** Presence entries and records (Redis in the cluster). Default: in process memory. */
   readonly presenceStore?: PresenceStore;
+  /**
+   * The per-device SetTyping limiter (the cluster's Redis one, shared by every worker; the
+   * caller's to close). Default: in memory with TYPING_RATE, closed by stop().
+   */
+  readonly typingLimiter?: RateLimiter;
   /** How often expired presence is swept (and PresenceChanged(offline) published). Default 1 s. */
   readonly presenceSweepMs?: number;
   /** Deadline of one PushBatch call. Default 2 s. */
@@ -134,8 +139,10 @@ export async function createDeliveryService(options: DeliveryServiceOptions): Pr
     sweep.unref();
     stops.push(() => clearInterval(sweep));
 
-    const limiter = createMemoryRateLimiter(TYPING_RATE);
-    stops.push(() => limiter.close());
+    const memoryLimiter =
+      options.typingLimiter === undefined ? createMemoryRateLimiter(TYPING_RATE) : undefined;
+    if (memoryLimiter !== undefined) stops.push(() => memoryLimiter.close());
+    const limiter = options.typingLimiter ?? (memoryLimiter as RateLimiter);
     const setTyping = createTyping({ conversations, events, limiter: countRejections(limiter, "typing") });
     stops.push(observeBrokerBacklog(options.broker));
 

@@ -1,19 +1,27 @@
 // The history service alone in its own process: `node services/history/main.ts`.
 // PARLEY_PROFILE=cluster runs it on Cassandra (history, inboxes, receipts; rows expire by TTL) and
-// Pulsar; the default, embedded, on the SQLite file and the embedded broker's file in
-// PARLEY_DATA_DIR, with a retention sweep.
+// Pulsar, with the RequestResend rate limit in Redis (shared by every history process); the
+// default, embedded, on the SQLite file and the embedded broker's file in PARLEY_DATA_DIR, with a
+// retention sweep and the rate limit in memory.
 import { unlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { Broker } from "../../lib/broker/broker.ts";
 import { Topics } from "../../lib/broker/broker.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
-import { loadProfile, openClusterBroker, openClusterCassandra } from "../../lib/cluster-engines.ts";
+import {
+  closeRedisClient,
+  loadProfile,
+  openClusterBroker,
+  openClusterCassandra,
+  openClusterRedis,
+} from "../../lib/cluster-engines.ts";
 import { boolVar, durationVar, loadConfig, optional, stringVar } from "../../lib/config.ts";
 import type { Logger } from "../../lib/logging.ts";
+import { createRedisRateLimiter } from "../../lib/redis/redis-rate-limiter.ts";
 import { grpcServiceConfigSpec, runProcess, startGrpcService } from "../../lib/service-process.ts";
 import { createCassandraHistoryStore } from "./adapters/cassandra/cassandra-history-store.ts";
 import { DEFAULT_RETENTION_MS } from "./domain/history.ts";
-import { createHistoryService, HISTORY_DEFAULT_PORT } from "./service.ts";
+import { createHistoryService, DEFAULT_RESEND_RATE, HISTORY_DEFAULT_PORT } from "./service.ts";
 
 await runProcess("history", async (logger) => {
   const config = loadConfig({
@@ -27,11 +35,24 @@ await runProcess("history", async (logger) => {
   let history: Awaited<ReturnType<typeof createHistoryService>>;
   let closeEngines = async () => {};
   if (profile.profile === "cluster") {
+    const redis = openClusterRedis(profile.engines, logger, "parley-history");
+    const prefix = profile.engines.names.redisPrefix;
     const cassandra = await openClusterCassandra(profile.engines, logger);
     broker = withFaultSwitches(config, await openClusterBroker(profile.engines, logger), logger);
     const store = await createCassandraHistoryStore({ client: cassandra, logger });
-    history = await createHistoryService({ store, broker, logger, retentionMs: config.retentionMs });
-    closeEngines = () => cassandra.shutdown();
+    history = await createHistoryService({
+      store,
+      broker,
+      logger,
+      retentionMs: config.retentionMs,
+      resendLimiter: createRedisRateLimiter(redis, DEFAULT_RESEND_RATE, {
+        keyPrefix: `${prefix}history:rate:resend:`,
+      }),
+    });
+    closeEngines = async () => {
+      await cassandra.shutdown();
+      await closeRedisClient(redis);
+    };
   } else {
     broker = withFaultSwitches(
       config,

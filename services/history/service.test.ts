@@ -5,7 +5,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { v7 as uuidv7 } from "uuid";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { ContentKind } from "../../gen/parley/common/v1/envelope_pb.ts";
 import { ReceiptKind } from "../../gen/parley/common/v1/message_pb.ts";
 import {
@@ -28,16 +28,22 @@ import type { Subscription } from "../../lib/broker/broker.ts";
 import { Topics } from "../../lib/broker/broker.ts";
 import type { EmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
+import { engineTargets } from "../../lib/engines.ts";
+import type { ParleyError } from "../../lib/errors.ts";
 import type { GrpcServiceClient } from "../../lib/grpc/client.ts";
 import { closeChannel, createGrpcClient } from "../../lib/grpc/client.ts";
 import { fromGrpcError } from "../../lib/grpc/grpc-error.ts";
 import type { GrpcServer } from "../../lib/grpc/server.ts";
 import { createGrpcServer } from "../../lib/grpc/server.ts";
 import { createLogger } from "../../lib/logging.ts";
+import type { RateLimiter } from "../../lib/rate-limit.ts";
+import { createRedisRateLimiter } from "../../lib/redis/redis-rate-limiter.ts";
+import { useRedis } from "../../lib/redis/test-support.ts";
 import type { HistoryServiceParts } from "./service.ts";
-import { createHistoryService } from "./service.ts";
+import { createHistoryService, DEFAULT_RESEND_RATE } from "./service.ts";
 
 const logger = createLogger("history-test", "silent");
+const targets = engineTargets();
 /** gRPC decodes bytes into Node Buffers; compare them as plain Uint8Arrays. */
 const bytes = (value: Uint8Array | undefined) => new Uint8Array(value ?? []);
 
@@ -57,6 +63,16 @@ async function grpcFailure(promise: Promise<unknown>): Promise<string> {
     return `${parley.code}/${parley.reason}`;
   }
   return "no error";
+}
+
+/** The ParleyError a gRPC call failed with (a call that succeeds fails the test). */
+async function grpcRefusal(promise: Promise<unknown>): Promise<ParleyError> {
+  try {
+    await promise;
+  } catch (err) {
+    return fromGrpcError(err);
+  }
+  throw new Error("the call succeeded");
 }
 
 const phone = (userId: string) => ({ userId, deviceId: "phone" });
@@ -155,6 +171,36 @@ describe("history service over gRPC", () => {
       "the membership view",
     );
   });
+
+  /** With the engines on, a Redis for the limiters that replicas share (the cluster profile's). */
+  const redisContext = targets === undefined ? undefined : useRedis("history_service");
+
+  /** A second history process on the same broker (its own SQLite file), with `resendLimiter`. */
+  const startReplica = async (name: string, resendLimiter: RateLimiter) => {
+    const replica = await createHistoryService({
+      dbPath: join(dir, `${name}.db`),
+      broker,
+      logger,
+      resendLimiter,
+    });
+    // Its membership view catches up from the broker: until then the group is unknown to it.
+    await waitFor(
+      async () =>
+        (await grpcFailure(
+          replica.history.listMessages({
+            device: phone("carol"),
+            conversationId: group,
+            afterSeq: 0,
+            beforeSeq: 0,
+            order: "oldest_first",
+            pageSize: 1,
+            pageToken: "",
+          }),
+        )) === "no error",
+      `${name}'s membership view`,
+    );
+    return replica;
+  };
 
   afterEach(async () => {
     closeChannel(client);
@@ -395,4 +441,89 @@ describe("history service over gRPC", () => {
       ),
     ).toBe("not_found/MESSAGE_NOT_FOUND");
   });
+
+  it("consults the RequestResend limiter it is given, and leaves closing it to the caller", async () => {
+    const takes: string[] = [];
+    const refusing = {
+      async take(key: string, cost = 1) {
+        takes.push(`${key} x${cost}`);
+        return { allowed: false, retryAfterMs: 4_321 } as const;
+      },
+      close: vi.fn(),
+    };
+    const replica = await startReplica("replica", refusing);
+    const replicaServer = createGrpcServer({
+      name: "history-replica",
+      services: replica.registrations,
+      logger,
+    });
+    const replicaClient = createGrpcClient(
+      HistoryService,
+      `127.0.0.1:${await replicaServer.listen("127.0.0.1", 0)}`,
+    );
+    try {
+      const request = {
+        device: phone("bob"),
+        conversationId: group,
+        messageId: messageIds[0] as string,
+        identityKey: new Uint8Array(33).fill(5),
+      };
+      const refusal = await grpcRefusal(replicaClient.requestResend(request));
+      expect([refusal.code, refusal.reason, refusal.retryDelayMs]).toEqual([
+        "resource_exhausted",
+        "RATE_LIMITED",
+        4_321,
+      ]);
+      expect(takes).toEqual(["bob/phone x1"]);
+      // The first service keeps its own (in-memory) limiter, which has nothing against bob.
+      await client.requestResend(request);
+      await waitFor(() => resends.length === 1, "the first service's ResendRequested");
+      expect(takes).toHaveLength(1);
+    } finally {
+      closeChannel(replicaClient);
+      await replicaServer.shutdown();
+      await replica.stop();
+    }
+    expect(refusing.close).not.toHaveBeenCalled();
+  });
+
+  it.runIf(redisContext !== undefined)(
+    "replicas on the cluster's Redis limiter share one RequestResend budget per device",
+    async () => {
+      const redis = redisContext?.redis;
+      if (redis === undefined) throw new Error("needs Redis");
+      // One key prefix, as every history process of a deployment gets from its main.
+      const keyPrefix = redisContext?.prefix() ?? "";
+      const replicas = [
+        await startReplica("replica-a", createRedisRateLimiter(redis, DEFAULT_RESEND_RATE, { keyPrefix })),
+        await startReplica("replica-b", createRedisRateLimiter(redis, DEFAULT_RESEND_RATE, { keyPrefix })),
+      ];
+      try {
+        const outcomes: string[] = [];
+        for (let i = 0; i < DEFAULT_RESEND_RATE.burst + 2; i++) {
+          const replica = replicas[i % 2] as HistoryServiceParts;
+          outcomes.push(
+            await grpcFailure(
+              replica.history.requestResend({
+                device: phone("bob"),
+                conversationId: group,
+                // Neither replica stored it: past the limiter, a request is MESSAGE_NOT_FOUND.
+                messageId: messageIds[0] as string,
+                identityKey: new Uint8Array(33).fill(5),
+                traceparent: "",
+              }),
+            ),
+          );
+        }
+        // Not twice the burst: the bucket is one, in Redis.
+        expect(outcomes).toEqual([
+          ...Array<string>(DEFAULT_RESEND_RATE.burst).fill("not_found/MESSAGE_NOT_FOUND"),
+          "resource_exhausted/RATE_LIMITED",
+          "resource_exhausted/RATE_LIMITED",
+        ]);
+      } finally {
+        for (const replica of replicas) await replica.stop();
+      }
+    },
+  );
 });

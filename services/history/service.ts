@@ -6,7 +6,7 @@ import type { Logger } from "../../lib/logging.ts";
 import { countRejections, observeBrokerBacklog } from "../../lib/metrics.ts";
 import type { OutboxRelay } from "../../lib/outbox.ts";
 import { startOutboxRelay } from "../../lib/outbox.ts";
-import type { RateRule } from "../../lib/rate-limit.ts";
+import type { RateLimiter, RateRule } from "../../lib/rate-limit.ts";
 import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
 import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
@@ -53,6 +53,11 @@ export interface HistoryServiceSettings {
   readonly sweepIntervalMs?: number;
   /** RequestResend per device. Default DEFAULT_RESEND_RATE. */
   readonly resendRateLimit?: RateRule;
+  /**
+   * The per-device RequestResend limiter (the cluster's Redis one, shared by every replica; the
+   * caller's to close). Default: in memory with `resendRateLimit`, closed by stop().
+   */
+  readonly resendLimiter?: RateLimiter;
   /** Delay before a failed MessageAccepted comes back (default: the broker's). */
   readonly redeliveryDelayMs?: number;
   /** The clock (tests). */
@@ -73,18 +78,24 @@ export interface HistoryServiceParts {
 /**
  * The history service with its embedded adapters: the SQLite store (or the store passed in) and
  * its outbox, relayed to the broker, the membership view fed from `chat.memberships`, the
- * `chat.messages` consumer, the SQLite file's retention sweep and an in-memory RequestResend rate
- * limit. Both the embedded mesh and services/history/main.ts start it this way.
+ * `chat.messages` consumer, the SQLite file's retention sweep and a RequestResend rate limit (in
+ * memory unless one is passed in). Both the embedded mesh and services/history/main.ts start it
+ * this way.
  */
 export async function createHistoryService(options: HistoryServiceOptions): Promise<HistoryServiceParts> {
   const logger = options.logger.child({ component: "history" });
   const store =
     options.store !== undefined ? options.store : createSqliteHistoryStore({ path: options.dbPath });
   const clock = options.now;
-  const resendLimiter = createMemoryRateLimiter(
-    options.resendRateLimit ?? DEFAULT_RESEND_RATE,
-    clock === undefined ? {} : { now: () => clock().getTime() },
-  );
+  // What the caller passes in is the caller's to close; what is made here is closed by stop().
+  const ownLimiter =
+    options.resendLimiter === undefined
+      ? createMemoryRateLimiter(
+          options.resendRateLimit ?? DEFAULT_RESEND_RATE,
+          clock === undefined ? {} : { now: () => clock().getTime() },
+        )
+      : undefined;
+  const resendLimiter: RateLimiter = options.resendLimiter ?? (ownLimiter as RateLimiter);
   const started: { close(): Promise<void> }[] = [];
   let relay: OutboxRelay | undefined;
   let sweep: RetentionSweep | undefined;
@@ -95,7 +106,7 @@ export async function createHistoryService(options: HistoryServiceOptions): Prom
     await sweep?.stop();
     await relay?.stop();
     store.close();
-    resendLimiter.close();
+    ownLimiter?.close();
   };
   try {
     const view = new ConversationView();

@@ -12,18 +12,27 @@ import type { Subscription } from "../../lib/broker/broker.ts";
 import { Topics } from "../../lib/broker/broker.ts";
 import type { EmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
+import { engineTargets } from "../../lib/engines.ts";
+import { toParleyError } from "../../lib/errors.ts";
 import type { GrpcServiceClient } from "../../lib/grpc/client.ts";
 import { closeChannel, createGrpcClient } from "../../lib/grpc/client.ts";
 import { fromGrpcError } from "../../lib/grpc/grpc-error.ts";
 import type { GrpcServer } from "../../lib/grpc/server.ts";
 import { createGrpcServer } from "../../lib/grpc/server.ts";
 import { createLogger } from "../../lib/logging.ts";
+import type { RateDecision, RateLimiter } from "../../lib/rate-limit.ts";
+import { createRedisRateLimiter } from "../../lib/redis/redis-rate-limiter.ts";
+import { useRedis } from "../../lib/redis/test-support.ts";
+import type { RelationshipView } from "./domain/relationship-view.ts";
 import { xeddsaVerify } from "./domain/xeddsa.ts";
-import type { KeyServiceParts } from "./service.ts";
-import { createKeyService } from "./service.ts";
+import type { KeyServiceOptions, KeyServiceParts } from "./service.ts";
+import { createKeyService, DEFAULT_CLAIM_RATES } from "./service.ts";
 import { deviceKeys, generateKeyPair, oneTimePrekeys, signedPrekey } from "./test-support.ts";
 
 const logger = createLogger("key-test", "silent");
+const targets = engineTargets();
+/** Everyone may see everyone's keys (so claims reach the limiters without a membership view). */
+const everyone: RelationshipView = { visibleUsers: async (_userId, others) => new Set(others) };
 /** gRPC decodes bytes into Node Buffers; compare them as plain Uint8Arrays. */
 const bytes = (value: Uint8Array | undefined) => new Uint8Array(value ?? []);
 
@@ -65,6 +74,13 @@ describe("key service over gRPC", () => {
     await following.close();
     await broker.close();
   });
+
+  /** With the engines on, a Redis for the limiters that replicas share (the cluster profile's). */
+  const redisContext = targets === undefined ? undefined : useRedis("key_service");
+
+  /** Another key process on the same broker (its own store in memory), with these limiters. */
+  const startReplica = (claimLimiters: NonNullable<KeyServiceOptions["claimLimiters"]>) =>
+    createKeyService({ store: { path: ":memory:" }, broker, logger, relationships: everyone, claimLimiters });
 
   const register = (userId: string, deviceId: string, keys = deviceKeys()) =>
     client.registerDevice({
@@ -295,4 +311,98 @@ describe("key service over gRPC", () => {
     );
     expect(keyEvents.map((e) => e.keyVersion)).toEqual([1n, 2n, 3n]);
   });
+
+  it("consults the claim limiters it is given, and leaves closing them to the caller", async () => {
+    const takes: string[] = [];
+    const recording = (name: string, decision: RateDecision) => ({
+      async take(key: string, cost = 1) {
+        takes.push(`${name} ${key} x${cost}`);
+        return decision;
+      },
+      close: vi.fn(),
+    });
+    const perTarget = recording("target", { allowed: true });
+    const perCaller = recording("caller", { allowed: false, retryAfterMs: 7_000 });
+    const replica = await startReplica({ perTarget, perCaller });
+    const replicaServer = createGrpcServer({ name: "key-replica", services: replica.registrations, logger });
+    const replicaClient = createGrpcClient(
+      KeyService,
+      `127.0.0.1:${await replicaServer.listen("127.0.0.1", 0)}`,
+    );
+    try {
+      const claim = (deviceIds: string[]) =>
+        replicaClient.getPrekeyBundles({
+          device: { userId: "bob", deviceId: "phone" },
+          targetUserId: "alice",
+          deviceIds,
+        });
+      const all = await expectGrpcError(claim([]), "resource_exhausted", "PREKEY_CLAIM_RATE_LIMITED");
+      expect(all.retryDelayMs).toBe(7_000);
+      await expectGrpcError(claim(["phone", "laptop"]), "resource_exhausted", "PREKEY_CLAIM_RATE_LIMITED");
+      // "All devices" costs the most devices a user may have (5); a list costs its length.
+      expect(takes).toEqual(["target bob>alice x5", "caller bob x5", "target bob>alice x2", "caller bob x2"]);
+    } finally {
+      closeChannel(replicaClient);
+      await replicaServer.shutdown();
+      await replica.stop();
+    }
+    expect(perTarget.close).not.toHaveBeenCalled();
+    expect(perCaller.close).not.toHaveBeenCalled();
+  });
+
+  it.runIf(redisContext !== undefined)(
+    "replicas on the cluster's Redis limiters share one prekey claim budget",
+    async () => {
+      const redis = redisContext?.redis;
+      if (redis === undefined) throw new Error("needs Redis");
+      // One key prefix per limiter, as every key process of a deployment gets from its main.
+      const perTargetPrefix = redisContext?.prefix() ?? "";
+      const perCallerPrefix = redisContext?.prefix() ?? "";
+      const limiters = (): { perTarget: RateLimiter; perCaller: RateLimiter } => ({
+        perTarget: createRedisRateLimiter(redis, DEFAULT_CLAIM_RATES.perTarget, {
+          keyPrefix: perTargetPrefix,
+        }),
+        perCaller: createRedisRateLimiter(redis, DEFAULT_CLAIM_RATES.perCaller, {
+          keyPrefix: perCallerPrefix,
+        }),
+      });
+      const replicas = [await startReplica(limiters()), await startReplica(limiters())];
+      try {
+        const outcomes: string[] = [];
+        let retryDelayMs: number | undefined;
+        // "All devices" claims cost 5 each: the per-target burst of 50 covers ten, over both replicas.
+        for (let i = 0; i < 12; i++) {
+          const replica = replicas[i % 2] as KeyServiceParts;
+          try {
+            await replica.keys.getPrekeyBundles({
+              caller: { userId: "bob", deviceId: "phone" },
+              targetUserId: "alice",
+              deviceIds: [],
+              traceparent: "",
+            });
+            outcomes.push("claimed");
+          } catch (err) {
+            const parley = toParleyError(err);
+            outcomes.push(parley.reason);
+            retryDelayMs = parley.retryDelayMs;
+          }
+        }
+        expect(outcomes).toEqual([
+          ...Array<string>(10).fill("claimed"),
+          "PREKEY_CLAIM_RATE_LIMITED",
+          "PREKEY_CLAIM_RATE_LIMITED",
+        ]);
+        // Five tokens at 50 an hour: six minutes, less what refilled meanwhile.
+        expect(retryDelayMs).toBeGreaterThan(300_000);
+        expect(retryDelayMs).toBeLessThanOrEqual(360_000);
+        // The per-caller bucket, under its own prefix, took only what the per-target one allowed (50
+        // of its 6,000, plus what refilled), not the refused claims' 10 more.
+        const callerTokens = Number(await redis.hget(`${perCallerPrefix}bob`, "tokens"));
+        expect(callerTokens).toBeGreaterThanOrEqual(DEFAULT_CLAIM_RATES.perCaller.burst - 50);
+        expect(callerTokens).toBeLessThan(DEFAULT_CLAIM_RATES.perCaller.burst - 40);
+      } finally {
+        for (const replica of replicas) await replica.stop();
+      }
+    },
+  );
 });

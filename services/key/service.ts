@@ -6,7 +6,7 @@ import { grpcService } from "../../lib/grpc/server.ts";
 import type { Logger } from "../../lib/logging.ts";
 import { countRejections } from "../../lib/metrics.ts";
 import { startOutboxRelay } from "../../lib/outbox.ts";
-import type { RateRule } from "../../lib/rate-limit.ts";
+import type { RateLimiter, RateRule } from "../../lib/rate-limit.ts";
 import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
 import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
@@ -56,6 +56,12 @@ export interface KeyServiceOptions {
   readonly settings?: Partial<KeySettings>;
   /** Prekey claim budgets; each defaults to its DEFAULT_CLAIM_RATES entry. */
   readonly claimRates?: { readonly perTarget?: RateRule; readonly perCaller?: RateRule };
+  /**
+   * The prekey claim limiters (the cluster's Redis ones, shared by every replica, each under its
+   * own key prefix; the caller's to close). Each one not given is made in memory with its
+   * `claimRates` rule and closed by stop().
+   */
+  readonly claimLimiters?: { readonly perTarget?: RateLimiter; readonly perCaller?: RateLimiter };
   /** The clock (tests). */
   readonly now?: () => Date;
 }
@@ -65,7 +71,7 @@ export interface KeyServiceParts {
   /** The use cases, for in-process callers and tests (the edge asks `deviceStatus` through GetDeviceStatus). */
   readonly keys: KeyDomain;
   readonly store: KeyStore;
-  /** Stops following the broker, publishes what the outbox holds, closes the store (if it opened it) and the limiters. */
+  /** Stops following the broker, publishes what the outbox holds, closes the store and the limiters (those it made). */
   stop(): Promise<void>;
 }
 
@@ -75,8 +81,8 @@ function isKeyStore(store: KeyServiceOptions["store"]): store is KeyStore {
 
 /**
  * The key service with its embedded adapters: the SQLite store (and its outbox, relayed to the
- * broker), in-memory prekey claim rate limiters and the membership view fed from the broker. Both the
- * embedded mesh and services/key/main.ts start it this way.
+ * broker), prekey claim rate limiters (in memory unless passed in) and the membership view fed from
+ * the broker. Both the embedded mesh and services/key/main.ts start it this way.
  */
 export async function createKeyService(options: KeyServiceOptions): Promise<KeyServiceParts> {
   const ownsStore = !isKeyStore(options.store);
@@ -84,19 +90,26 @@ export async function createKeyService(options: KeyServiceOptions): Promise<KeyS
   const logger = options.logger.child({ component: "key" });
   const clock = options.now;
   const limiterOptions = clock === undefined ? {} : { now: () => clock().getTime() };
+  // What the caller passes in is the caller's to close; what is made here is closed by stop().
+  const ownLimiters: Array<{ close(): void }> = [];
+  const limiter = (given: RateLimiter | undefined, rule: RateRule): RateLimiter => {
+    if (given !== undefined) return given;
+    const own = createMemoryRateLimiter(rule, limiterOptions);
+    ownLimiters.push(own);
+    return own;
+  };
   const claimLimiters = {
-    perTarget: createMemoryRateLimiter(
+    perTarget: limiter(
+      options.claimLimiters?.perTarget,
       options.claimRates?.perTarget ?? DEFAULT_CLAIM_RATES.perTarget,
-      limiterOptions,
     ),
-    perCaller: createMemoryRateLimiter(
+    perCaller: limiter(
+      options.claimLimiters?.perCaller,
       options.claimRates?.perCaller ?? DEFAULT_CLAIM_RATES.perCaller,
-      limiterOptions,
     ),
   };
   const closeLimiters = () => {
-    claimLimiters.perTarget.close();
-    claimLimiters.perCaller.close();
+    for (const own of ownLimiters.splice(0)) own.close();
   };
   let following: { close(): Promise<void> } | undefined;
   try {
