@@ -56,6 +56,11 @@ export interface FaultCluster extends MeshTarget {
   /** SIGKILL, and wait until the process is gone. */
   kill(name: string): Promise<void>;
   /**
+   * SIGTERM (an edge drains its streams first) sent before this returns, like `killNow`; the promise
+   * resolves once the process is gone (SIGKILL after 60 s).
+   */
+  terminateNow(name: string): Promise<void>;
+  /**
    * SIGKILL sent before this returns (from inside an event handler, before anything else can run);
    * the promise resolves once the process is gone.
    */
@@ -170,6 +175,13 @@ export async function startFaultCluster(options: FaultClusterOptions = {}): Prom
       transport: () => retryingUnary(transportFor(layout.edgeUrls[turn++ % layout.edgeUrls.length] ?? "")),
       async kill(processName) {
         await running(processName).stop({ signal: "SIGKILL" });
+      },
+      terminateNow(processName) {
+        const victim = running(processName);
+        // Once: a process that is shutting down takes a second SIGTERM as "die now".
+        process.kill(victim.pid, "SIGTERM");
+        const force = setTimeout(() => process.kill(victim.pid, "SIGKILL"), 60_000);
+        return victim.exited.finally(() => clearTimeout(force));
       },
       killNow(processName) {
         const victim = running(processName);
