@@ -11,6 +11,7 @@ import { createEdgeAuth } from "./auth/edge-auth.ts";
 import { createAuthInterceptor } from "./auth/interceptor.ts";
 import type { EdgeConfig } from "./config.ts";
 import { loadEdgeConfig } from "./config.ts";
+import { COMPRESS_MIN_BYTES } from "./frame-writer.ts";
 import { createHostDirectory, rendezvousHost } from "./host-directory.ts";
 import type { NodeHandlerFn } from "./http-server.ts";
 import { listenHttp } from "./http-server.ts";
@@ -177,6 +178,9 @@ export async function startEdge(
     }
     const handler = connectNodeAdapter({
       routes: edgeRoutes({ clients, session, logger, onDeviceRemoved }),
+      // Stated, not left to the default: the streams' frame writer leaves exactly the frames
+      // Connect would compress to Connect (frame-writer.ts).
+      compressMinBytes: COMPRESS_MIN_BYTES,
       // Outermost first: the call's span and duration (so the error boundary's log lines carry its
       // trace id and both see the status the client gets); every error passes the error boundary; authentication
       // comes before validation, so a caller without a valid token learns nothing about the

@@ -33,6 +33,7 @@ import { validateMessage } from "../lib/grpc/validation.ts";
 import type { Logger } from "../lib/logging.ts";
 import { FORCE_TRACE_ATTRIBUTE } from "../lib/telemetry.ts";
 import { authenticatedCaller, callingDevice } from "./auth/interceptor.ts";
+import { serveFrames } from "./frame-writer.ts";
 import type { HostDirectory } from "./host-directory.ts";
 import type { InternalClients } from "./internal-clients.ts";
 import type { StreamMetrics } from "./metrics.ts";
@@ -43,7 +44,8 @@ import type { DeviceStream, FetchPage } from "./streams/device-stream.ts";
 import { Closes, durationOf, frame } from "./streams/device-stream.ts";
 import type { PushedMessages } from "./streams/pushed-messages.ts";
 import type { StreamHub } from "./streams/stream-hub.ts";
-import { currentTransportAbort } from "./transport-scope.ts";
+import type { NodeResponse } from "./transport-scope.ts";
+import { currentResponse, currentTransportAbort } from "./transport-scope.ts";
 
 export interface SessionServiceOptions {
   readonly hub: StreamHub;
@@ -121,17 +123,21 @@ export function createSessionService(options: SessionServiceOptions): ServiceImp
     (cursor, pageSize, fromOldestUnacknowledged) =>
       clients.history.sync({ device, cursor, pageSize, fromOldestUnacknowledged }, { signal: ctx.signal });
 
-  /** Writes the stream's frames until it ends; a client that goes away aborts it. */
+  /**
+   * Writes the stream's frames until it ends (frame-writer.ts: straight to the response, a batch
+   * per write); a client that goes away aborts it.
+   */
   async function* serve(
     stream: DeviceStream,
     ctx: HandlerContext,
+    response: NodeResponse | undefined,
   ): AsyncGenerator<{ frame: ServerFrame }, void, undefined> {
     const onAbort = () => stream.abort();
     // The client may have gone while the stream registered.
     if (ctx.signal.aborted) stream.abort();
     ctx.signal.addEventListener("abort", onAbort, { once: true });
     try {
-      for await (const serverFrame of stream.frames()) yield { frame: serverFrame };
+      yield* serveFrames(stream.batches(), ctx, response, onAbort);
     } finally {
       ctx.signal.removeEventListener("abort", onAbort);
     }
@@ -148,18 +154,19 @@ export function createSessionService(options: SessionServiceOptions): ServiceImp
       );
     }
     const abortTransport = currentTransportAbort();
+    const response = currentResponse();
     const stream = await hub.open(caller.device, kind, {
       expiresAt: caller.expiresAt,
       tokenIssuedAt: caller.issuedAt,
       ...(abortTransport === undefined ? {} : { abortTransport }),
     });
     stream.reply(readyFrame(caller.device));
-    return { stream, device: caller.device };
+    return { stream, device: caller.device, response };
   };
 
   return {
     async *session(requests, ctx) {
-      const { stream, device } = await open(ctx, "session");
+      const { stream, device, response } = await open(ctx, "session");
       const reader = createFrameReader({
         stream,
         device,
@@ -172,11 +179,11 @@ export function createSessionService(options: SessionServiceOptions): ServiceImp
         helloWaitMs: options.helloWaitMs,
       });
       void reader(requests);
-      yield* serve(stream, ctx);
+      yield* serve(stream, ctx, response);
     },
 
     async *subscribe(request, ctx) {
-      const { stream, device } = await open(ctx, "subscribe");
+      const { stream, device, response } = await open(ctx, "subscribe");
       stream.setPresenceInterest(request.presence?.userIds ?? []);
       if (request.resumeCursor.length > 0) {
         stream
@@ -187,7 +194,7 @@ export function createSessionService(options: SessionServiceOptions): ServiceImp
       } else {
         stream.goLive();
       }
-      yield* serve(stream, ctx);
+      yield* serve(stream, ctx, response);
     },
 
     async send(request, ctx) {

@@ -2,15 +2,25 @@ import { AsyncLocalStorage } from "node:async_hooks";
 import http2 from "node:http2";
 import type { NodeHandlerFn } from "./http-server.ts";
 
-const scope = new AsyncLocalStorage<() => void>();
+/** The Node response a request is answered on (HTTP/1.1 or HTTP/2), as connect-node types it. */
+export type NodeResponse = Parameters<NodeHandlerFn>[1];
+
+interface Transport {
+  readonly abort: () => void;
+  readonly response: NodeResponse;
+}
+
+const scope = new AsyncLocalStorage<Transport>();
 
 /** How long a finished response's stream may stay half-open before it is reset. */
 const HALF_OPEN_GRACE_MS = 500;
 
 /**
- * Runs each request of `handler` with a way to cut its HTTP stream, which Connect's handler context
- * does not offer: a device stream whose client stopped reading can never finish its last writes,
- * so after a grace period the edge resets it (HTTP/2 RST_STREAM CANCEL; HTTP/1.1: the socket).
+ * Runs each request of `handler` with what Connect's handler context does not offer: a way to cut
+ * its HTTP stream (a device stream whose client stopped reading can never finish its last writes,
+ * so after a grace period the edge resets it: HTTP/2 RST_STREAM CANCEL; HTTP/1.1: the socket), and
+ * the Node response itself, which the device streams write their frames to directly
+ * (frame-writer.ts).
  */
 export function withTransportAbort(handler: NodeHandlerFn): NodeHandlerFn {
   return (req, res) => {
@@ -36,11 +46,16 @@ export function withTransportAbort(handler: NodeHandlerFn): NodeHandlerFn {
         res.destroy();
       }
     };
-    scope.run(abort, () => handler(req, res));
+    scope.run({ abort, response: res }, () => handler(req, res));
   };
 }
 
 /** The abort of the request being handled, when it runs under `withTransportAbort`. */
 export function currentTransportAbort(): (() => void) | undefined {
-  return scope.getStore();
+  return scope.getStore()?.abort;
+}
+
+/** The Node response of the request being handled, when it runs under `withTransportAbort`. */
+export function currentResponse(): NodeResponse | undefined {
+  return scope.getStore()?.response;
 }

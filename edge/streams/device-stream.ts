@@ -140,7 +140,7 @@ const MAX_REPLAY_PAGE = 200;
  * One live Session or Subscribe stream of one device: its bounded outgoing queue, the hold on live
  * pushes while it replays from a cursor, its timers (idle, quiet heartbeat, token expiry) and its
  * close. The stream hub owns the registry side (route, presence); the RPC handler reads client
- * frames and writes `frames()`.
+ * frames and writes `batches()`.
  *
  * Live pushes are held from the moment the stream exists until it goes live: at once (no cursor),
  * or after replaying history from the client's cursor. A replay writes each page of Sync, then
@@ -405,17 +405,23 @@ export class DeviceStream {
     this.queue.end();
   }
 
-  /** The frames to write, in batches as they queue up; ends (or throws the close's error) after the last. */
+  /** The frames to write, one by one (see `batches`); ends (or throws the close's error) after the last. */
   async *frames(): AsyncGenerator<ServerFrame> {
+    for await (const batch of this.batches()) yield* batch;
+  }
+
+  /**
+   * The frames to write, in batches as they queue up (everything queued when the writer asks);
+   * ends, or throws the close's error, after the last. The writer writes each batch back to back,
+   * so in one socket write, and asks for the next once the transport took it: while a write
+   * waits, frames pile up and the next batch grows by itself.
+   */
+  async *batches(): AsyncGenerator<readonly ServerFrame[]> {
     try {
       for (;;) {
         const batch = await this.queue.take();
         if (batch === undefined) break;
-        // Back to back, without waiting on anything but the writes themselves: the whole batch
-        // goes out in one turn of the event loop, so in one socket write.
-        for (const serverFrame of batch) {
-          yield serverFrame;
-        }
+        yield batch;
         this.lastWriteAt = Date.now();
       }
     } finally {

@@ -1,10 +1,9 @@
 /**
  * The frames waiting to be written to one stream: bounded, in order, taken in batches.
  *
- * The writer takes everything queued at once and writes it back to back in one turn of the event
- * loop, so the HTTP/2 session (or the corked HTTP/1.1 socket) sends the batch in one socket write
- * instead of one per frame; under load, frames queue up while a write is in flight and the next
- * batch grows by itself. `offer` is all-or-nothing against the limit, so a caller knows that
+ * The writer takes everything queued at once and writes it as one chunk (edge/frame-writer.ts), so
+ * the batch goes out in one socket write instead of one per frame; under load, frames queue up
+ * while a write waits for the transport and the next batch grows by itself. `offer` is all-or-nothing against the limit, so a caller knows that
  * nothing of a refused batch was queued; `force` bypasses the limit for the few control frames
  * (Drain, Close) that must reach a stream whose queue is full.
  */

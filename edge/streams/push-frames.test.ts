@@ -1,7 +1,12 @@
-import { create } from "@bufbuild/protobuf";
+import { create, equals, toBinary } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
+import { MessageSchema, ReceiptSchema } from "../../gen/parley/common/v1/message_pb.ts";
 import { PushItemSchema } from "../../gen/parley/delivery/v1/edge_push_service_pb.ts";
-import { ContactEventKind, ConversationEventKind } from "../../gen/parley/edge/v1/frames_pb.ts";
+import {
+  ContactEventKind,
+  ConversationEventKind,
+  ServerFrameSchema,
+} from "../../gen/parley/edge/v1/frames_pb.ts";
 import {
   ConnectionState,
   ContactViewSchema,
@@ -10,7 +15,13 @@ import {
   MemberRole,
   MembershipChangedSchema,
 } from "../../gen/parley/events/v1/connection_events_pb.ts";
-import { contactEvent, conversationEvents, framesForDevice } from "./push-frames.ts";
+import {
+  contactEvent,
+  conversationEvents,
+  framesForDevice,
+  messageFrame,
+  receiptFrame,
+} from "./push-frames.ts";
 
 const group = "0190e8f4-1c7b-7000-8000-000000000abc";
 
@@ -29,6 +40,34 @@ function membership(
 }
 
 describe("push frames", () => {
+  it("builds message and receipt frames as create() would", () => {
+    const message = create(MessageSchema, {
+      messageId: group,
+      conversationId: group,
+      seq: 3n,
+      sender: { userId: "bob", deviceId: "phone" },
+      ciphertext: new Uint8Array([1, 2, 3]),
+    });
+    const cursor = new Uint8Array([9, 9]);
+    const built = messageFrame(message, cursor);
+    const created = create(ServerFrameSchema, { body: { case: "message", value: { message, cursor } } });
+    expect(equals(ServerFrameSchema, built, created)).toBe(true);
+    expect(toBinary(ServerFrameSchema, built)).toEqual(toBinary(ServerFrameSchema, created));
+    expect(built).toEqual(created);
+    const receipt = create(ReceiptSchema, { conversationId: group, upToSeq: 3n, messageIds: [group] });
+    const receiptCreated = create(ServerFrameSchema, { body: { case: "receipt", value: receipt } });
+    expect(receiptFrame(receipt)).toEqual(receiptCreated);
+    expect(toBinary(ServerFrameSchema, receiptFrame(receipt))).toEqual(
+      toBinary(ServerFrameSchema, receiptCreated),
+    );
+    const item = create(PushItemSchema, {
+      devices: [{ userId: "alice", deviceId: "x" }],
+      payload: { case: "message", value: message },
+      cursor,
+    });
+    expect(framesForDevice(item, { userId: "alice", deviceId: "x" } as never)).toEqual([created]);
+  });
+
   it("turns a membership change into each user's view of it", () => {
     const change = membership(
       [

@@ -1,6 +1,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { create } from "@bufbuild/protobuf";
 import type { DeviceAddress } from "../../gen/parley/common/v1/address_pb.ts";
+import type { Message, Receipt } from "../../gen/parley/common/v1/message_pb.ts";
 import type { PushItem } from "../../gen/parley/delivery/v1/edge_push_service_pb.ts";
 import type {
   ContactEventSchema,
@@ -31,9 +32,9 @@ export function framesForDevice(item: PushItem, device: DeviceAddress): ServerFr
   const payload = item.payload;
   switch (payload.case) {
     case "message":
-      return [frame({ case: "message", value: { message: payload.value, cursor: item.cursor } })];
+      return [messageFrame(payload.value, item.cursor)];
     case "receipt":
-      return [frame({ case: "receipt", value: payload.value })];
+      return [receiptFrame(payload.value)];
     case "presence": {
       const p = payload.value;
       return [
@@ -134,6 +135,23 @@ export function framesForDevice(item: PushItem, device: DeviceAddress): ServerFr
 
 function frame(body: MessageInitShape<typeof ServerFrameSchema>["body"]): ServerFrame {
   return create(ServerFrameSchema, { body });
+}
+
+/**
+ * The frame of a pushed message, built as the plain object `create` would return (protobuf-es
+ * messages are plain objects): the push path builds one per message and device, and `create`
+ * walks the schema for each (push-frames.test.ts checks both are equal).
+ */
+export function messageFrame(message: Message, cursor: Uint8Array): ServerFrame {
+  return {
+    $typeName: "parley.edge.v1.ServerFrame",
+    body: { case: "message", value: { $typeName: "parley.edge.v1.ServerMessage", message, cursor } },
+  };
+}
+
+/** The frame of a pushed receipt, like `messageFrame`. */
+export function receiptFrame(receipt: Receipt): ServerFrame {
+  return { $typeName: "parley.edge.v1.ServerFrame", body: { case: "receipt", value: receipt } };
 }
 
 export function sameDevice(a: DeviceAddress, b: DeviceAddress): boolean {

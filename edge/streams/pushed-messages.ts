@@ -62,6 +62,8 @@ const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
 
 /** The span context of a sampled W3C traceparent, or undefined (malformed, empty, not sampled). */
 export function sampledSpanContext(traceparent: string): SpanContext | undefined {
+  // Most pushes are not traced or not sampled: the flags' low bit first, before any regex.
+  if (traceparent.length !== 55 || (Number.parseInt(traceparent.slice(53), 16) & 1) === 0) return undefined;
   const match = TRACEPARENT.exec(traceparent);
   if (match === null) return undefined;
   const [, traceId = "", spanId = "", flags = "00"] = match;
@@ -77,7 +79,9 @@ export function createPushedMessages(options: PushedMessagesOptions = {}): Pushe
   const conversations = options.conversations ?? 10_000;
   const maxMessages = options.maxMessages ?? 100_000;
   const maxLinks = options.maxLinks ?? 32;
-  const byConversation = new Map<string, Remembered[]>();
+  // Per device and conversation, the remembered messages by id, oldest pushed first: remembering
+  // one is O(1) however many wait for their ack (a device that does not ack keeps its 64).
+  const byConversation = new Map<string, Map<string, Remembered>>();
   let total = 0;
   const keyOf = (device: DeviceAddress, conversationId: string) =>
     `${device.userId}/${device.deviceId}/${conversationId}`;
@@ -87,27 +91,28 @@ export function createPushedMessages(options: PushedMessagesOptions = {}): Pushe
       const context = sampledSpanContext(traceparent);
       if (context === undefined && message.acceptedAtMs === undefined) return;
       const key = keyOf(device, message.conversationId);
-      const list = byConversation.get(key) ?? [];
+      const list = byConversation.get(key) ?? new Map<string, Remembered>();
       // Most recently pushed last: Map order is the eviction order.
       byConversation.delete(key);
       byConversation.set(key, list);
-      if (list.some((r) => r.messageId === message.messageId)) return;
-      list.push({
+      if (list.has(message.messageId)) return;
+      list.set(message.messageId, {
         messageId: message.messageId,
         seq: message.seq,
         context,
         acceptedAtMs: message.acceptedAtMs,
       });
       total++;
-      if (list.length > perConversation) {
-        list.shift();
+      if (list.size > perConversation) {
+        const oldest = list.keys().next();
+        if (oldest.done !== true) list.delete(oldest.value);
         total--;
       }
       while (byConversation.size > conversations || total > maxMessages) {
         const oldest = byConversation.entries().next();
         if (oldest.done === true) break;
         byConversation.delete(oldest.value[0]);
-        total -= oldest.value[1].length;
+        total -= oldest.value[1].size;
       }
     },
 
@@ -119,12 +124,14 @@ export function createPushedMessages(options: PushedMessagesOptions = {}): Pushe
         "upToSeq" in target
           ? (r: Remembered) => r.seq <= target.upToSeq
           : (r: Remembered) => target.messageIds.includes(r.messageId);
-      const taken = list.filter(covered);
+      const taken: Remembered[] = [];
+      for (const r of list.values()) {
+        if (covered(r)) taken.push(r);
+      }
       if (taken.length === 0) return NOTHING;
-      const kept = list.filter((r) => !covered(r));
+      for (const r of taken) list.delete(r.messageId);
       total -= taken.length;
-      if (kept.length === 0) byConversation.delete(key);
-      else byConversation.set(key, kept);
+      if (list.size === 0) byConversation.delete(key);
       const links: Link[] = [];
       const acceptedAtMs: number[] = [];
       for (const r of taken) {

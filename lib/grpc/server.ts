@@ -1,4 +1,4 @@
-import type { DescService } from "@bufbuild/protobuf";
+import type { DescService, MessageShape } from "@bufbuild/protobuf";
 import type { Validator } from "@bufbuild/protovalidate";
 import type { ChannelOptions } from "nice-grpc";
 import { createServer } from "nice-grpc";
@@ -19,23 +19,49 @@ import { toServiceDefinition } from "./service-definition.ts";
 import type { TerminatorContext } from "./terminator.ts";
 import { createTerminator } from "./terminator.ts";
 import { serverTracingMiddleware } from "./tracing.ts";
+import type { RequestCheck } from "./validation.ts";
 import { createValidationMiddleware } from "./validation.ts";
+
+/**
+ * Hand-written request checks that replace protovalidate for some methods of a service (by
+ * `localName`); each must enforce every rule of its request and fail as protovalidate would
+ * (`RequestCheck` in validation.ts). Methods without one keep protovalidate.
+ */
+export type GrpcRequestChecks<S extends DescService> = {
+  readonly [K in keyof S["method"]]?: (request: MessageShape<S["method"][K]["input"]>) => void;
+};
 
 /** A generated service and the handlers that implement it. */
 export type GrpcServiceRegistration<S extends DescService = DescService> = {
   readonly service: S;
   readonly implementation: GrpcServiceImplementation<S, TerminatorContext>;
+  readonly checks?: GrpcRequestChecks<S>;
 };
 
 /**
  * Pairs a service with its implementation, checking the handlers against that service's types,
  * for lists of services built apart from `createGrpcServer` (each service's `services()`).
+ * `checks` replace protovalidate for the methods they name (see GrpcRequestChecks).
  */
 export function grpcService<S extends DescService>(
   service: S,
   implementation: GrpcServiceImplementation<S, TerminatorContext>,
+  checks?: GrpcRequestChecks<S>,
 ): GrpcServiceRegistration {
-  return { service, implementation } as GrpcServiceRegistration;
+  return { service, implementation, ...(checks === undefined ? {} : { checks }) } as GrpcServiceRegistration;
+}
+
+/** The registrations' request checks by method path. */
+function requestChecks(services: readonly GrpcServiceRegistration[]): Map<string, RequestCheck> {
+  const checks = new Map<string, RequestCheck>();
+  for (const { service, checks: byName } of services) {
+    if (byName === undefined) continue;
+    for (const method of service.methods) {
+      const check = (byName as Record<string, RequestCheck | undefined>)[method.localName];
+      if (check !== undefined) checks.set(`/${service.typeName}/${method.name}`, check);
+    }
+  }
+  return checks;
 }
 
 export type GrpcServerOptions<T extends readonly DescService[] = readonly DescService[]> = {
@@ -65,8 +91,9 @@ export type GrpcServer = {
 
 /**
  * A gRPC server for some of Parley's services with what every process needs: tracing, RED
- * metrics (`rpc.server.call.duration`), one log line per RPC, the one error mapping, protovalidate on every request, `grpc.health.v1` and
- * server reflection (v1 and v1alpha).
+ * metrics (`rpc.server.call.duration`), one log line per RPC, the one error mapping, validation
+ * of every request (protovalidate, or a registration's hand-written check for a method), `grpc.health.v1`
+ * and server reflection (v1 and v1alpha).
  */
 export function createGrpcServer<const T extends readonly DescService[]>(
   options: GrpcServerOptions<T>,
@@ -84,7 +111,7 @@ export function createGrpcServer<const T extends readonly DescService[]>(
     .use(serverMetricsMiddleware)
     .use(createAccessLogMiddleware(logger.child({ component: "grpc" })))
     .use(createErrorMappingMiddleware(logger))
-    .use(createValidationMiddleware(descriptors, options.validator))
+    .use(createValidationMiddleware(descriptors, options.validator, requestChecks(services)))
     .use(terminator.middleware);
 
   for (const { service, implementation } of services) {

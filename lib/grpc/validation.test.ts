@@ -3,6 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { createValidator } from "@bufbuild/protovalidate";
 import { ClientError, Status } from "nice-grpc";
 import { afterEach, describe, expect, it } from "vitest";
+import type { SendMessageRequest } from "../../gen/parley/sender/v1/sender_service_pb.ts";
 import { SenderService, SendMessageRequestSchema } from "../../gen/parley/sender/v1/sender_service_pb.ts";
 import { ParleyError } from "../errors.ts";
 import { closeChannel, createGrpcClient } from "./client.ts";
@@ -11,6 +12,7 @@ import { createGrpcServer } from "./server.ts";
 import { captureLogs, TestService, validSendRequest } from "./test-support.ts";
 import {
   createValidationMiddleware,
+  validationFailure as failureOf,
   isCanonicalUuid,
   schemaRegexMatch,
   VALIDATION_FAILED,
@@ -119,7 +121,7 @@ describe("validation middleware", () => {
     }
   });
 
-  async function start() {
+  async function start(checks?: { readonly unary?: (request: SendMessageRequest) => void }) {
     const { logger } = captureLogs();
     const handled: unknown[] = [];
     const server = createGrpcServer({
@@ -137,6 +139,7 @@ describe("validation middleware", () => {
         },
         {
           service: TestService,
+          ...(checks === undefined ? {} : { checks }),
           implementation: {
             unary: async () => ({}),
             lookup: async () => ({}),
@@ -217,6 +220,41 @@ describe("validation middleware", () => {
     expect(err.violations.length).toBeGreaterThan(0);
   });
 
+  it("runs a registration's own check instead of protovalidate for that method only", async () => {
+    const checked: string[] = [];
+    const { client, testClient } = await start({
+      unary(request) {
+        checked.push(request.conversationId);
+        if (request.conversationId === "refused-by-hand") {
+          throw failureOf(SendMessageRequestSchema, [
+            { field: "conversation_id", description: "refused by hand", reason: "BY_HAND" },
+          ]);
+        }
+      },
+    });
+    // Breaks protovalidate's rules, but this method's check lets it through.
+    await testClient.unary({ ...validSendRequest(), conversationId: "conversation-1" });
+    const err = await rejected(
+      testClient.unary({ ...validSendRequest(), conversationId: "refused-by-hand" }),
+    );
+    expect(err.message).toBe("invalid SendMessageRequest: conversation_id: refused by hand");
+    expect(err.violations).toEqual([
+      { field: "conversation_id", description: "refused by hand", reason: "BY_HAND" },
+    ]);
+    expect(checked).toEqual(["conversation-1", "refused-by-hand"]);
+    // The service's other methods, and other services, keep protovalidate.
+    const streamed = await rejected(
+      testClient.upload(
+        (async function* () {
+          yield withSharedCiphertext(5000);
+        })(),
+      ),
+    );
+    expect(streamed.violations.map((v) => v.field)).toEqual(["envelope.shared.ciphertext"]);
+    await rejected(client.sendMessage({ ...validSendRequest(), conversationId: "conversation-1" }));
+    expect(checked).toHaveLength(2);
+  });
+
   it("validates every message of a client stream", async () => {
     const { testClient } = await start();
     async function* stream(...inits: SendInit[]) {
@@ -229,6 +267,16 @@ describe("validation middleware", () => {
 });
 
 describe("createValidationMiddleware", () => {
+  it("refuses a check for a method none of its services has", () => {
+    expect(() =>
+      createValidationMiddleware(
+        [SenderService],
+        undefined,
+        new Map([["/parley.sender.v1.SenderService/Nope", () => {}]]),
+      ),
+    ).toThrow(/no service here has/);
+  });
+
   it("refuses at start-up a service whose rules the validator cannot evaluate", () => {
     expect(() => createValidationMiddleware([SenderService], createValidator())).toThrow(
       /cannot validate parley\.sender\.v1\.SendMessageRequest/,

@@ -139,8 +139,13 @@ export async function runRateSteps(options: {
     knee: best?.rate,
     kneeDelivered: best?.deliveredPerSec,
     maxSustained: steps
-      .filter((s) => s.lost === 0 && s.deliveredPerSec >= SATURATED_BELOW * s.offeredPerSec)
+      .filter(keptUp)
       .reduce<number | undefined>((max, s) => Math.max(max ?? 0, s.deliveredPerSec), undefined),
     nextSeq: seq,
   };
+}
+
+/** A step that lost nothing and delivered at least 95% of what was offered (whatever its p99). */
+export function keptUp(step: Pick<StepResult, "lost" | "deliveredPerSec" | "offeredPerSec">): boolean {
+  return step.lost === 0 && step.deliveredPerSec >= SATURATED_BELOW * step.offeredPerSec;
 }
