@@ -28,6 +28,7 @@ await runProcess("history", async (logger) => {
     ...grpcServiceConfigSpec("HISTORY", HISTORY_DEFAULT_PORT),
     dataDir: stringVar("PARLEY_DATA_DIR", { default: ".data" }),
     retentionMs: durationVar("PARLEY_HISTORY_RETENTION", { default: DEFAULT_RETENTION_MS }),
+    connectionAddress: stringVar("PARLEY_CONNECTION_ADDRESS", { default: "127.0.0.1:7101" }),
     ...faultSwitchesSpec(),
   });
   const profile = loadProfile();
@@ -45,6 +46,7 @@ await runProcess("history", async (logger) => {
       broker,
       logger,
       retentionMs: config.retentionMs,
+      connectionAddress: config.connectionAddress,
       resendLimiter: createRedisRateLimiter(redis, DEFAULT_RESEND_RATE, {
         keyPrefix: `${prefix}history:rate:resend:`,
       }),
@@ -64,6 +66,7 @@ await runProcess("history", async (logger) => {
       broker,
       logger,
       retentionMs: config.retentionMs,
+      connectionAddress: config.connectionAddress,
     });
   }
   const server = await startGrpcService({

@@ -1,5 +1,7 @@
+import { ConnectionService } from "../../gen/parley/connection/v1/connection_service_pb.ts";
 import { HistoryService } from "../../gen/parley/history/v1/history_service_pb.ts";
 import type { Broker, Subscription } from "../../lib/broker/broker.ts";
+import { closeChannel, createGrpcClient } from "../../lib/grpc/client.ts";
 import type { GrpcServiceRegistration } from "../../lib/grpc/server.ts";
 import { grpcService } from "../../lib/grpc/server.ts";
 import type { Logger } from "../../lib/logging.ts";
@@ -10,6 +12,8 @@ import type { RateLimiter, RateRule } from "../../lib/rate-limit.ts";
 import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
 import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
+import type { MembershipSource } from "../../lib/views/membership-catch-up.ts";
+import { connectionMembershipSource } from "../../lib/views/membership-catch-up.ts";
 import { startKeyConsumer } from "./adapters/broker/key-consumer.ts";
 import { startMessageConsumer } from "./adapters/broker/message-consumer.ts";
 import type { RetentionSweep } from "./adapters/sqlite/retention-sweep.ts";
@@ -60,6 +64,11 @@ export interface HistoryServiceSettings {
   readonly resendLimiter?: RateLimiter;
   /** Delay before a failed MessageAccepted comes back (default: the broker's). */
   readonly redeliveryDelayMs?: number;
+  /**
+   * host:port of the connection service, asked when the membership view does not yet know a
+   * reader as a member (a group joined a moment ago). Without it the view alone decides.
+   */
+  readonly connectionAddress?: string;
   /** The clock (tests). */
   readonly now?: () => Date;
 }
@@ -111,11 +120,18 @@ export async function createHistoryService(options: HistoryServiceOptions): Prom
   try {
     const view = new ConversationView();
     started.push(...(await feedConversationView(options.broker, view, logger)));
+    let membership: MembershipSource | undefined;
+    if (options.connectionAddress !== undefined) {
+      const connection = createGrpcClient(ConnectionService, options.connectionAddress);
+      started.push({ close: async () => closeChannel(connection) });
+      membership = connectionMembershipSource(connection);
+    }
     const outboxRelay = startOutboxRelay(store.outbox, options.broker, { logger });
     relay = outboxRelay;
     const history = createHistory({
       store,
       conversations: view,
+      ...(membership === undefined ? {} : { membership }),
       resendLimiter: countRejections(resendLimiter, "resend"),
       retentionMs: options.retentionMs ?? DEFAULT_RETENTION_MS,
       onChange: () => outboxRelay.notify(),

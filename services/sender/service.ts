@@ -12,8 +12,8 @@ import type { RateLimiter, RateRule } from "../../lib/rate-limit.ts";
 import { createMemoryRateLimiter } from "../../lib/rate-limit.ts";
 import { ConversationView } from "../../lib/views/conversation-view.ts";
 import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
+import { connectionMembershipSource } from "../../lib/views/membership-catch-up.ts";
 import { createAcceptedMessagePublisher } from "./adapters/broker/accepted-message-publisher.ts";
-import { createConnectionMembershipSource } from "./adapters/connection-service/membership-source.ts";
 import { createKeyServiceDeviceDirectory } from "./adapters/key-service/device-directory.ts";
 import { createMemoryIdempotencyStore } from "./adapters/memory/idempotency-store.ts";
 import { createSqliteIdempotencyStore } from "./adapters/sqlite/sqlite-idempotency-store.ts";
@@ -81,7 +81,7 @@ export async function createSenderService(options: SenderServiceOptions): Promis
   const rateLimiter: RateLimiter = options.rateLimiter ?? (ownLimiter as RateLimiter);
   const sendMessage = createSendMessage({
     conversations: view,
-    membership: createConnectionMembershipSource(connection),
+    membership: connectionMembershipSource(connection),
     devices,
     idempotency,
     rateLimiter: countRejections(rateLimiter, "send_message"),

@@ -99,7 +99,9 @@ export function clusterLayout(options: ClusterLayoutOptions): ClusterLayout {
     PARLEY_KEY_ADDRESS: key,
     PARLEY_CONNECTION_ADDRESS: connection,
   });
-  const history = service("history", "HISTORY", "services/history/main.ts");
+  const history = service("history", "HISTORY", "services/history/main.ts", {
+    PARLEY_CONNECTION_ADDRESS: connection,
+  });
   const deliveries: string[] = [];
   for (let i = 1; i <= deliveryWorkers; i++) {
     deliveries.push(service(`delivery-${i}`, "DELIVERY", "services/delivery/main.ts"));

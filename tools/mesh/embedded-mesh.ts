@@ -99,7 +99,12 @@ export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<E
     track("sender-parts", () => sender.stop());
     await serve("sender", sender.registrations);
 
-    const history = await createHistoryService({ dbPath: storePath, broker, logger: options.logger });
+    const history = await createHistoryService({
+      dbPath: storePath,
+      broker,
+      logger: options.logger,
+      connectionAddress,
+    });
     track("history-parts", () => history.stop());
     await serve("history", history.registrations);
     const delivery = await createDeliveryService({ broker, registry, logger: options.logger });

@@ -448,4 +448,48 @@ describe("history use cases", () => {
     });
     expect([list.messages.map((m) => m.seq), list.lastSeq]).toEqual([[2], 2]);
   });
+
+  it("a reader the view does not know yet (just added) is served once the view reaches the connection service's version", async () => {
+    const asked: string[] = [];
+    const catchingUp = createHistory({
+      store,
+      conversations: view,
+      membership: {
+        async membershipVersion(userId, conversationId) {
+          asked.push(userId);
+          return userId === "dave" && conversationId === group ? 2n : undefined;
+        },
+      },
+      resendLimiter: createMemoryRateLimiter({ burst: 2, perSecond: 1 }),
+      now: () => clock,
+    });
+    const read = (userId: string) =>
+      catchingUp.listMessages({
+        device: dev(userId),
+        conversationId: group,
+        afterSeq: 0,
+        beforeSeq: 0,
+        order: "oldest_first",
+        pageSize: 10,
+        pageToken: "",
+      });
+    const reading = read("dave");
+    // MembershipChanged (dave added, version 2) reaches the view while the read waits.
+    setTimeout(
+      () =>
+        view.applyMembership({
+          conversationId: group,
+          kind: "group",
+          version: 2n,
+          memberUserIds: ["alice", "bob", "carol", "dave"],
+          deleted: false,
+        }),
+      20,
+    );
+    await expect(reading).resolves.toMatchObject({ messages: [] });
+    expect(await failure(read("mallory"))).toBe("not_found/CONVERSATION_NOT_FOUND");
+    // A member the view knows is never asked about.
+    await read("alice");
+    expect(asked).toEqual(["dave", "mallory"]);
+  });
 });

@@ -8,6 +8,7 @@ import {
   positionString,
 } from "../../../lib/page-token.ts";
 import type { RateLimiter } from "../../../lib/rate-limit.ts";
+import { isLiveMember, membershipAfterCatchUp } from "../../../lib/views/membership-catch-up.ts";
 import { decodeCursor, encodeCursor } from "./cursor.ts";
 import { conversationNotFound, invalidCursor, messageNotFound, rateLimited } from "./errors.ts";
 import { messageStoredEvents, receiptRecordedEvent, resendRequestedEvent } from "./events.ts";
@@ -23,7 +24,7 @@ import type {
   StoredMessage,
 } from "./model.ts";
 import { EMPTY_STATE, sameDevice } from "./model.ts";
-import type { ConversationDirectory, ConversationMembership } from "./ports.ts";
+import type { CatchingUpDirectory, ConversationMembership, MembershipSource } from "./ports.ts";
 
 export const DEFAULT_RETENTION_MS = 30 * 24 * 60 * 60 * 1000;
 /** Page sizes of history_service.proto: the default when 0, and the most a call returns. */
@@ -103,8 +104,13 @@ export interface ReceiptsResult {
 
 export interface HistoryDeps {
   readonly store: HistoryStore;
-  /** Membership, from the local view of `chat.memberships`: member-only reads never call connection. */
-  readonly conversations: ConversationDirectory;
+  /**
+   * Membership, from the local view of `chat.memberships`: member-only reads call the connection
+   * service only when the view does not know the reader as a member yet (`membership`).
+   */
+  readonly conversations: CatchingUpDirectory;
+  /** Asked when the view lags (see lib/views/membership-catch-up.ts); without it the view decides. */
+  readonly membership?: MembershipSource;
   /** RequestResend per device (`user/device`), one token per request. */
   readonly resendLimiter: RateLimiter;
   /** How long messages, inbox items and receipts are kept after accepted_at. Default 30 days. */
@@ -125,9 +131,9 @@ export function createHistory(deps: HistoryDeps) {
   const newEventId = deps.newEventId ?? uuidv7;
   const changed = () => deps.onChange?.();
 
-  const requireMember = (conversationId: string, userId: string): ConversationMembership => {
-    const conversation = conversations.conversation(conversationId);
-    if (conversation === undefined || conversation.deleted || !conversation.memberUserIds.includes(userId)) {
+  const requireMember = async (conversationId: string, userId: string): Promise<ConversationMembership> => {
+    const conversation = await membershipAfterCatchUp(conversations, deps.membership, userId, conversationId);
+    if (conversation === undefined || !isLiveMember(conversation, userId)) {
       throw conversationNotFound(conversationId);
     }
     return conversation;
@@ -227,7 +233,7 @@ export function createHistory(deps: HistoryDeps) {
     readonly nextPageToken: string;
     readonly lastSeq: number;
   }> {
-    requireMember(command.conversationId, command.device.userId);
+    await requireMember(command.conversationId, command.device.userId);
     const at = now();
     const scope = [
       command.device.userId,
@@ -270,7 +276,7 @@ export function createHistory(deps: HistoryDeps) {
     kind: ReceiptKind,
     command: MarkCommand,
   ): Promise<{ readonly recorded: boolean; readonly state: ReceiptState }> {
-    requireMember(command.conversationId, command.device.userId);
+    await requireMember(command.conversationId, command.device.userId);
     const at = now();
     const result = await store.recordReceipt(
       {
@@ -304,7 +310,7 @@ export function createHistory(deps: HistoryDeps) {
     readonly pageSize: number;
     readonly pageToken: string;
   }): Promise<ReceiptsResult> {
-    const conversation = requireMember(command.conversationId, command.device.userId);
+    const conversation = await requireMember(command.conversationId, command.device.userId);
     const at = now();
     const scope = [command.device.userId, command.device.deviceId, command.conversationId, command.messageId];
     const after =
@@ -371,7 +377,7 @@ export function createHistory(deps: HistoryDeps) {
     readonly identityKey: Uint8Array;
     readonly traceparent: string;
   }): Promise<void> {
-    requireMember(command.conversationId, command.device.userId);
+    await requireMember(command.conversationId, command.device.userId);
     const limit = await deps.resendLimiter.take(deviceKey(command.device));
     if (!limit.allowed) throw rateLimited(limit.retryAfterMs);
     const at = now();

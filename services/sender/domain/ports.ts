@@ -1,28 +1,11 @@
 /** The ports the sender's domain needs; adapters in ../adapters implement them. */
 import type { Envelope } from "../../../gen/parley/common/v1/envelope_pb.ts";
 
-import type { ConversationDirectory } from "../../../lib/views/conversation-view.ts";
-
 export type { ConversationDirectory, ConversationMembership } from "../../../lib/views/conversation-view.ts";
-
-/** The sender's local view of memberships and blocks, fed from the broker. */
-export interface ConversationViewOfSender extends ConversationDirectory {
-  /** True once the view holds the conversation at `version` or later; false after `timeoutMs`. */
-  untilVersion(conversationId: string, version: bigint, timeoutMs: number): Promise<boolean>;
-}
-
-/**
- * Where membership is decided (the connection service). Asked only when the local view does not
- * know the conversation or the sender as a member: a conversation created or joined a moment ago
- * is on its way to the view through the broker, and a send must not be refused meanwhile.
- */
-export interface MembershipSource {
-  /**
-   * The conversation's membership version when `userId` is a member of it now; undefined when it
-   * does not exist or they are not a member.
-   */
-  membershipVersion(userId: string, conversationId: string): Promise<bigint | undefined>;
-}
+export type {
+  CatchingUpDirectory,
+  MembershipSource,
+} from "../../../lib/views/membership-catch-up.ts";
 
 /** The active devices of users, from the key service (cached: sending is the hot path). */
 export interface DeviceDirectory {

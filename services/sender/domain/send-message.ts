@@ -8,14 +8,13 @@ import {
   notFound,
   permissionDenied,
   resourceExhausted,
-  unavailable,
 } from "../../../lib/errors.ts";
 import type { RateLimiter } from "../../../lib/rate-limit.ts";
+import { membershipAfterCatchUp } from "../../../lib/views/membership-catch-up.ts";
 import type {
   AcceptedMessagePublisher,
   AcceptedRecord,
-  ConversationMembership,
-  ConversationViewOfSender,
+  CatchingUpDirectory,
   DeviceDirectory,
   DeviceRef,
   IdempotencyStore,
@@ -38,7 +37,7 @@ export interface SendOutcome {
 }
 
 export interface SenderDeps {
-  readonly conversations: ConversationViewOfSender;
+  readonly conversations: CatchingUpDirectory;
   /**
    * Asked when the view does not know the sender as a member yet; without it such a send is
    * refused NOT_FOUND at once.
@@ -126,10 +125,16 @@ export function createSendMessage(deps: SenderDeps): (command: SendCommand) => P
       );
     }
     const senderUser = command.sender.userId;
-    let conversation = deps.conversations.conversation(command.conversationId);
-    if (!isLiveMember(conversation, senderUser)) {
-      conversation = await catchUpWithMembership(deps, senderUser, command.conversationId);
-    }
+    const conversation = await membershipAfterCatchUp(
+      deps.conversations,
+      deps.membership,
+      senderUser,
+      command.conversationId,
+      {
+        ...(deps.viewCatchUpMs === undefined ? {} : { timeoutMs: deps.viewCatchUpMs }),
+        retryHint: "retry with the same client_message_id",
+      },
+    );
     if (conversation === undefined || !conversation.memberUserIds.includes(senderUser)) {
       throw conversationNotFound(command.conversationId);
     }
@@ -250,44 +255,6 @@ function sameContentOrRefuse(command: SendCommand, previous: AcceptedRecord, dig
     );
   }
   return { messageId: previous.messageId, acceptedAt: previous.acceptedAt, duplicate: true };
-}
-
-function isLiveMember(conversation: ConversationMembership | undefined, userId: string): boolean {
-  return conversation !== undefined && !conversation.deleted && conversation.memberUserIds.includes(userId);
-}
-
-/**
- * The view lags the connection service by a broker hop: a client that sends right after creating
- * a group or accepting a contact would otherwise be refused a conversation it is a member of. Ask
- * the source, and if it knows a newer membership than the view, wait for the view to get it.
- */
-async function catchUpWithMembership(
-  deps: SenderDeps,
-  userId: string,
-  conversationId: string,
-): Promise<ConversationMembership | undefined> {
-  const stale = deps.conversations.conversation(conversationId);
-  if (deps.membership === undefined) return stale;
-  let version: bigint | undefined;
-  try {
-    version = await deps.membership.membershipVersion(userId, conversationId);
-  } catch (err) {
-    throw unavailable(
-      "MEMBERSHIP_UNAVAILABLE",
-      "cannot confirm your membership of this conversation right now; retry with the same client_message_id",
-      { retryDelayMs: 1_000, cause: err },
-    );
-  }
-  if (version === undefined || (stale !== undefined && stale.version >= version)) return stale;
-  const reached = await deps.conversations.untilVersion(conversationId, version, deps.viewCatchUpMs ?? 5_000);
-  if (!reached) {
-    throw unavailable(
-      "MEMBERSHIP_PROPAGATING",
-      "this conversation's latest membership has not reached the sender yet; retry with the same client_message_id",
-      { retryDelayMs: 1_000 },
-    );
-  }
-  return deps.conversations.conversation(conversationId);
 }
 
 function conversationNotFound(conversationId: string) {
