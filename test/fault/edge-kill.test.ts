@@ -8,7 +8,12 @@ import { describeViolations, violatedInvariants } from "./support/checker.ts";
 import type { FaultCluster } from "./support/fault-cluster.ts";
 import { startFaultCluster } from "./support/fault-cluster.ts";
 import { faultSeeds } from "./support/random.ts";
-import { FAULT_HOOK_TIMEOUT_MS, FAULT_RUN_TIMEOUT_MS, runScenario } from "./support/scenario.ts";
+import {
+  FAULT_HOOK_TIMEOUT_MS,
+  FAULT_RUN_TIMEOUT_MS,
+  runScenario,
+  stopWhileDisplaying,
+} from "./support/scenario.ts";
 import { sleep } from "./support/workload.ts";
 
 const targets = engineTargets();
@@ -40,16 +45,7 @@ describe.runIf(targets)("fault 1: SIGKILL an edge host with streams open and mes
         // The kill lands while a message is in flight: from inside the app handler of a device on
         // the victim, before that device can acknowledge what it is displaying.
         const watched = devices.filter((d) => d.edgeUrl === mesh.edgeUrls[index]);
-        let killed: Promise<void> | undefined;
-        const kill = () => {
-          killed ??= mesh.killNow(victim);
-        };
-        const offs = watched.map((d) => d.client.onMessage(kill));
-        const fallback = setTimeout(kill, 20_000);
-        while (killed === undefined) await sleep(10);
-        clearTimeout(fallback);
-        for (const off of offs) off();
-        await killed;
+        await stopWhileDisplaying(mesh, victim, watched, "kill");
         recorder.note(
           `SIGKILL ${victim}, which held ${watched.length} devices' streams, while one displayed a message (${traffic.started} sends)`,
         );

@@ -13,7 +13,12 @@ import { describeViolations, violatedInvariants } from "./support/checker.ts";
 import type { FaultCluster } from "./support/fault-cluster.ts";
 import { startFaultCluster } from "./support/fault-cluster.ts";
 import { faultSeeds } from "./support/random.ts";
-import { FAULT_HOOK_TIMEOUT_MS, FAULT_RUN_TIMEOUT_MS, runScenario } from "./support/scenario.ts";
+import {
+  FAULT_HOOK_TIMEOUT_MS,
+  FAULT_RUN_TIMEOUT_MS,
+  runScenario,
+  stopWhileDisplaying,
+} from "./support/scenario.ts";
 import { residue, sleep } from "./support/workload.ts";
 
 const targets = engineTargets();
@@ -48,18 +53,7 @@ describe.runIf(targets)(
             // deadline. Its acknowledgement can only follow the device to the new host, which by
             // then has replayed the message from the oldest unacknowledged one.
             const watched = devices.filter((d) => d.edgeUrl === mesh.edgeUrls[index]);
-            let stopped: Promise<void> | undefined;
-            const stop = async () => {
-              if (stopped !== undefined) return;
-              stopped = mesh.terminateNow(victim);
-              await sleep(3_000);
-            };
-            const offs = watched.map((d) => d.client.onMessage(stop));
-            const fallback = setTimeout(() => void stop(), 20_000);
-            while (stopped === undefined) await sleep(10);
-            clearTimeout(fallback);
-            for (const off of offs) off();
-            await stopped;
+            await stopWhileDisplaying(mesh, victim, watched, "terminate", 3_000);
             recorder.note(
               `SIGTERM (drain) ${victim}, which held ${watched.length} devices' streams, while one displayed a message (${traffic.started} sends)`,
             );

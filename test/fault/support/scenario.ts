@@ -159,3 +159,34 @@ export async function firstExit(
     clearTimeout(timer);
   }
 }
+
+/**
+ * Stops process `victim` from inside the app handler of one of `watched` (devices on it), while
+ * that device displays a message it has not acknowledged yet: SIGKILL (`kill`) or SIGTERM
+ * (`terminate`, an edge drains). That handler then goes on displaying for `holdMs`, so its
+ * acknowledgement cannot overtake the stop. Stops after 20 s anyway if nothing arrives. Resolves
+ * once the process is gone.
+ */
+export async function stopWhileDisplaying(
+  mesh: FaultCluster,
+  victim: string,
+  watched: readonly FaultDevice[],
+  how: "kill" | "terminate",
+  holdMs = 0,
+): Promise<void> {
+  let stopped: Promise<void> | undefined;
+  const stop = async () => {
+    if (stopped !== undefined) return;
+    stopped = how === "kill" ? mesh.killNow(victim) : mesh.terminateNow(victim);
+    if (holdMs > 0) await new Promise((resolve) => setTimeout(resolve, holdMs));
+  };
+  const offs = watched.map((d) => d.client.onMessage(stop));
+  const fallback = setTimeout(() => void stop(), 20_000);
+  try {
+    while (stopped === undefined) await new Promise((resolve) => setTimeout(resolve, 10));
+  } finally {
+    clearTimeout(fallback);
+    for (const off of offs) off();
+  }
+  await stopped;
+}
