@@ -437,7 +437,7 @@ function createFrameReader(
         run(`ack:${ack.conversationId}`, () =>
           inFrameSpan("ack", attributes, links, async (span) => {
             try {
-              const upTo = await calls.ack(device, ack, callOptions);
+              const upTo = await calls.ack(device, ack, { ...callOptions, deadline: ACK_DEADLINE_MS });
               span.setAttribute("parley.receipt.state_up_to_seq", Number(upTo));
             } catch (err) {
               const status = statusOf(err, ctx, ackRoute(ack));
@@ -626,6 +626,14 @@ function accepted(response: SendMessageResponse): MessageInitShape<typeof SendAc
     duplicate: response.duplicate,
   };
 }
+
+/**
+ * How long the edge waits for history to record an acknowledgement sent on the stream. Nobody
+ * waits on it (the device displayed the message already) and a late ack is still an ack, while a
+ * group's members all acknowledge one message within a moment: on the cluster profile each is a
+ * conditional write in Cassandra, so a 1,000-member burst queues for longer than the usual 5 s.
+ */
+const ACK_DEADLINE_MS = 20_000;
 
 /** The client's deadline and cancellation, as in the passthroughs. */
 function unaryOptions(ctx: HandlerContext): GrpcCallOptions {
