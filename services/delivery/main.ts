@@ -4,7 +4,6 @@
 // default, embedded, on the embedded broker's file in PARLEY_DATA_DIR and an in-process registry,
 // which no edge process can write: there it pushes nothing (devices catch up through Sync), and
 // only the embedded mesh, where the edge shares the process, pushes.
-import { unlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { Broker } from "../../lib/broker/broker.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
@@ -16,6 +15,7 @@ import {
   openClusterRegistry,
 } from "../../lib/cluster-engines.ts";
 import { boolVar, loadConfig, optional, stringVar } from "../../lib/config.ts";
+import { killSelf, takeKillFile } from "../../lib/fault-hooks.ts";
 import type { Logger } from "../../lib/logging.ts";
 import { createRedisRateLimiter } from "../../lib/redis/redis-rate-limiter.ts";
 import { createInProcessRegistry } from "../../lib/registry/in-process-registry.ts";
@@ -111,8 +111,7 @@ function withFaultSwitches(
   const record = async (batchId: string) => {
     await checkpoints.record(batchId);
     if (killFile !== undefined && isMessageBatch(batchId) && takeKillFile(killFile)) {
-      logger.error({ batchId }, "FAULT TEST HOOK: SIGKILL in the middle of a fan-out");
-      process.kill(process.pid, "SIGKILL");
+      killSelf(logger, "in the middle of a fan-out", { batchId });
     }
   };
   return {
@@ -127,14 +126,4 @@ function withFaultSwitches(
       await record(batchId);
     },
   };
-}
-
-/** Removes the kill file if it exists; true for the one process that removed it. */
-function takeKillFile(path: string): boolean {
-  try {
-    unlinkSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -3,7 +3,6 @@
 // Pulsar, with the RequestResend rate limit in Redis (shared by every history process); the
 // default, embedded, on the SQLite file and the embedded broker's file in PARLEY_DATA_DIR, with a
 // retention sweep and the rate limit in memory.
-import { unlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { Broker } from "../../lib/broker/broker.ts";
 import { Topics } from "../../lib/broker/broker.ts";
@@ -16,6 +15,7 @@ import {
   openClusterRedis,
 } from "../../lib/cluster-engines.ts";
 import { boolVar, durationVar, loadConfig, optional, stringVar } from "../../lib/config.ts";
+import { brokerWith, killSelf, takeKillFile } from "../../lib/fault-hooks.ts";
 import type { Logger } from "../../lib/logging.ts";
 import { createRedisRateLimiter } from "../../lib/redis/redis-rate-limiter.ts";
 import { grpcServiceConfigSpec, runProcess, startGrpcService } from "../../lib/service-process.ts";
@@ -112,16 +112,8 @@ function withFaultSwitches(
   if (killFile === undefined && !ackBeforeStore) return broker;
   logger.warn({ killFile, ackBeforeStore }, "FAULT TEST HOOK: history's consumer is instrumented");
   const armed = () => killFile !== undefined && takeKillFile(killFile);
-  const die = (why: string) => {
-    logger.error(`FAULT TEST HOOK: SIGKILL ${why}`);
-    process.kill(process.pid, "SIGKILL");
-  };
-  return {
-    publish: (topic, message) => broker.publish(topic, message),
-    publishEphemeral: (topic, message) => broker.publishEphemeral(topic, message),
-    follow: (topic, options, handler) => broker.follow(topic, options, handler),
-    close: () => broker.close(),
-    ...(broker.backlog === undefined ? {} : { backlog: broker.backlog.bind(broker) }),
+  const die = (why: string) => killSelf(logger, why);
+  return brokerWith(broker, {
     subscribe(topic, options, handler) {
       if (topic !== Topics.messages) return broker.subscribe(topic, options, handler);
       return broker.subscribe(topic, options, async (message) => {
@@ -136,15 +128,5 @@ function withFaultSwitches(
         if (armed()) die("after storing a message, before acknowledging it");
       });
     },
-  };
-}
-
-/** Removes the kill file if it exists; true for the one caller that removed it. */
-function takeKillFile(path: string): boolean {
-  try {
-    unlinkSync(path);
-    return true;
-  } catch {
-    return false;
-  }
+  });
 }

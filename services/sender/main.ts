@@ -2,7 +2,6 @@
 // it on Pulsar, with idempotency keys and send rate limits in Redis (shared by every sender
 // process); the default, embedded, on the embedded broker's file and the SQLite file in
 // PARLEY_DATA_DIR, with rate limits in memory.
-import { unlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { Broker } from "../../lib/broker/broker.ts";
 import { Topics } from "../../lib/broker/broker.ts";
@@ -14,6 +13,7 @@ import {
   openClusterRedis,
 } from "../../lib/cluster-engines.ts";
 import { boolVar, loadConfig, optional, stringVar } from "../../lib/config.ts";
+import { brokerWith, killSelf, takeKillFile } from "../../lib/fault-hooks.ts";
 import type { Logger } from "../../lib/logging.ts";
 import { createRedisRateLimiter } from "../../lib/redis/redis-rate-limiter.ts";
 import { grpcServiceConfigSpec, runProcess, startGrpcService } from "../../lib/service-process.ts";
@@ -101,21 +101,15 @@ function applyFaultSwitches(
       { killFile },
       "FAULT TEST HOOK: this sender SIGKILLs itself after a publish once the file exists",
     );
-    faultyBroker = {
+    faultyBroker = brokerWith(broker, {
       async publish(topic, message) {
         const result = await broker.publish(topic, message);
         if (topic === Topics.messages && takeKillFile(killFile)) {
-          logger.error({ killFile }, "FAULT TEST HOOK: SIGKILL after the broker confirmed a publish");
-          process.kill(process.pid, "SIGKILL");
+          killSelf(logger, "after the broker confirmed a publish", { killFile });
         }
         return result;
       },
-      publishEphemeral: (topic, message) => broker.publishEphemeral(topic, message),
-      subscribe: (topic, options, handler) => broker.subscribe(topic, options, handler),
-      follow: (topic, options, handler) => broker.follow(topic, options, handler),
-      close: () => broker.close(),
-      ...(broker.backlog === undefined ? {} : { backlog: broker.backlog.bind(broker) }),
-    };
+    });
   }
   if (config.idempotency) return { broker: faultyBroker, stores };
   logger.warn("FAULT TEST CONTROL: PARLEY_SENDER_IDEMPOTENCY=false, retried sends get new message ids");
@@ -125,14 +119,4 @@ function applyFaultSwitches(
     markPublished: async () => {},
   };
   return { broker: faultyBroker, stores: { ...stores, idempotency: forgetful } };
-}
-
-/** Removes the kill file if it exists; true for the one caller that removed it. */
-function takeKillFile(path: string): boolean {
-  try {
-    unlinkSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
