@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openDevIssuer } from "../../edge/auth/dev-issuer.ts";
 import { devIssuerKeyPath } from "../../edge/config.ts";
+import type { ClusterNames } from "../../lib/cluster-engines.ts";
 import { engineTargets, uniqueTestName } from "../../lib/engines.ts";
 import type { RunningCluster } from "../../tools/cluster/cluster.ts";
 import { clusterLayout, freePorts, startCluster } from "../../tools/cluster/cluster.ts";
@@ -41,6 +42,24 @@ export interface ClusterTestMesh extends TestMesh {
 
 const ms = (value: number) => `${value}ms`;
 
+/** Pulsar tenant of every test cluster; each cluster gets a namespace of its own in it. */
+export const TEST_PULSAR_TENANT = "parley-test";
+
+/**
+ * A test cluster's deployment names, all from one unique name: its own keyspace, Pulsar
+ * namespace and etcd and Redis prefixes, so test files share the engines without seeing each
+ * other's data.
+ */
+export function testClusterNames(name: string): ClusterNames {
+  return {
+    cassandraKeyspace: name,
+    pulsarTenant: TEST_PULSAR_TENANT,
+    pulsarNamespace: name,
+    etcdPrefix: `/${name}/`,
+    redisPrefix: `${name}:`,
+  };
+}
+
 export async function startClusterTestMesh(options: ClusterTestMeshOptions = {}): Promise<ClusterTestMesh> {
   const engines = engineTargets();
   if (!engines) {
@@ -56,13 +75,7 @@ export async function startClusterTestMesh(options: ClusterTestMeshOptions = {})
     const edge = options.edge ?? {};
     const planned = clusterLayout({
       engines,
-      names: {
-        cassandraKeyspace: name,
-        pulsarTenant: "parley-test",
-        pulsarNamespace: name,
-        etcdPrefix: `/${name}/`,
-        redisPrefix: `${name}:`,
-      },
+      names: testClusterNames(name),
       dataDir,
       ports: await freePorts(12),
       logLevel: "warn",

@@ -21,6 +21,7 @@ import {
   startCluster,
   startClusterProcess,
 } from "../../../tools/cluster/cluster.ts";
+import { TEST_PULSAR_TENANT, testClusterNames } from "../../support/cluster-mesh.ts";
 import type { MeshTarget } from "../../support/mesh-users.ts";
 import type { TcpRelay } from "./tcp-relay.ts";
 import { startTcpRelay, targetOf } from "./tcp-relay.ts";
@@ -100,13 +101,7 @@ export async function startFaultCluster(options: FaultClusterOptions = {}): Prom
     const name = uniqueTestName("fault");
     const planned = clusterLayout({
       engines,
-      names: {
-        cassandraKeyspace: name,
-        pulsarTenant: "parley-test",
-        pulsarNamespace: name,
-        etcdPrefix: `/${name}/`,
-        redisPrefix: `${name}:`,
-      },
+      names: testClusterNames(name),
       dataDir,
       ports: await freePorts(12),
       logLevel: "warn",
@@ -267,7 +262,7 @@ async function dropOwnData(engines: EngineTargets, name: string): Promise<void> 
   }
   // Pulsar refuses a forced namespace delete unless the broker allows it: topics go first.
   const admin = createPulsarAdmin({ webUrl: engines.pulsarWebUrl, timeoutMs: 60_000 });
-  const namespace = `parley-test/${name}`;
+  const namespace = `${TEST_PULSAR_TENANT}/${name}`;
   try {
     const topics = await admin.listTopics(namespace);
     await Promise.all(
