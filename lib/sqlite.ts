@@ -52,3 +52,95 @@ export function inTransaction<T>(db: DatabaseSync, work: () => T): T {
     throw err;
   }
 }
+
+/** Runs writes of one store in shared transactions: see `createGroupCommit`. */
+export interface GroupCommit {
+  /**
+   * Queues `work` for the next shared transaction and resolves with its result once that
+   * transaction is committed (so durably, under `synchronous = FULL`). A work that throws is rolled
+   * back alone and its promise rejects; the others of its transaction still commit.
+   */
+  run<T>(work: () => T): Promise<T>;
+  /** Commits what is queued now, before the database is closed. */
+  flushNow(): void;
+}
+
+type QueuedWork = {
+  readonly work: () => unknown;
+  readonly resolve: (value: unknown) => void;
+  readonly reject: (reason: unknown) => void;
+};
+
+/**
+ * Group commit for a store whose writes arrive in bursts (a 1,000-member group's acknowledgements):
+ * the writes queued while the event loop is busy run in one BEGIN IMMEDIATE ... COMMIT, one fsync
+ * for all of them instead of one each, each inside its own SAVEPOINT so a failing one undoes only
+ * itself. Callers get their result only after the COMMIT, exactly as with `inTransaction`, so
+ * nothing is acknowledged before it is durable; the price is waiting for the end of the current
+ * event-loop turn. At most `maxBatch` writes share a transaction, so one flush cannot hold the
+ * event loop for long.
+ */
+export function createGroupCommit(
+  db: DatabaseSync,
+  options: { readonly maxBatch?: number } = {},
+): GroupCommit {
+  const maxBatch = options.maxBatch ?? 256;
+  let queue: QueuedWork[] = [];
+  let scheduled = false;
+
+  const flush = () => {
+    scheduled = false;
+    const batch = queue.length > maxBatch ? queue.splice(0, maxBatch) : queue;
+    if (batch === queue) queue = [];
+    if (queue.length > 0) schedule();
+    const outcomes: ({ ok: true; value: unknown } | { ok: false; error: unknown })[] = [];
+    try {
+      db.exec("BEGIN IMMEDIATE");
+    } catch (error) {
+      for (const item of batch) item.reject(error);
+      return;
+    }
+    try {
+      for (const item of batch) {
+        db.exec("SAVEPOINT group_commit_work");
+        try {
+          outcomes.push({ ok: true, value: item.work() });
+          db.exec("RELEASE group_commit_work");
+        } catch (error) {
+          db.exec("ROLLBACK TO group_commit_work");
+          db.exec("RELEASE group_commit_work");
+          outcomes.push({ ok: false, error });
+        }
+      }
+      db.exec("COMMIT");
+    } catch (error) {
+      // The transaction itself failed (COMMIT, or a savepoint statement): nothing of it is kept.
+      if (db.isTransaction) db.exec("ROLLBACK");
+      for (const item of batch) item.reject(error);
+      return;
+    }
+    batch.forEach((item, i) => {
+      const outcome = outcomes[i] as (typeof outcomes)[number];
+      if (outcome.ok) item.resolve(outcome.value);
+      else item.reject(outcome.error);
+    });
+  };
+
+  function schedule() {
+    if (scheduled) return;
+    scheduled = true;
+    setImmediate(flush);
+  }
+
+  return {
+    run<T>(work: () => T): Promise<T> {
+      return new Promise<T>((resolve, reject) => {
+        queue.push({ work, resolve: resolve as (value: unknown) => void, reject });
+        schedule();
+      });
+    },
+    flushNow() {
+      while (queue.length > 0) flush();
+    },
+  };
+}

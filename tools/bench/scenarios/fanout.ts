@@ -142,7 +142,8 @@ async function fanoutOnParley(
     dataDir: target.dataDir as string,
     transports,
     prefix,
-    users: options.members + 1,
+    // The owner is one of the group's members: a 1,000-member group is the owner and 999 others.
+    users: options.members,
     devicesPerUser: options.devicesPerMember,
     profiles: true,
     onProgress: (done, total) => progress.note(`  registered ${done}/${total} devices`),

@@ -1,7 +1,7 @@
 import type { DatabaseSync, SQLOutputValue, StatementSync } from "node:sqlite";
 import type { OutboxEvent } from "../../../../lib/outbox.ts";
 import { createSqliteOutbox } from "../../../../lib/outbox.ts";
-import { inTransaction, migrate, openSqlite } from "../../../../lib/sqlite.ts";
+import { createGroupCommit, inTransaction, migrate, openSqlite } from "../../../../lib/sqlite.ts";
 import type {
   AssignedMessage,
   HistoryStore,
@@ -41,9 +41,11 @@ const NO_UPPER_BOUND = Number.MAX_SAFE_INTEGER;
 type Row = Record<string, SQLOutputValue>;
 
 /**
- * The embedded HistoryStore on node:sqlite. Every write method runs synchronously inside one
- * `BEGIN IMMEDIATE` transaction with its outbox events: within a process nothing interleaves with
- * it, and across processes sharing the file SQLite's write lock serializes it. That is what makes
+ * The embedded HistoryStore on node:sqlite. Every write method runs synchronously, with its outbox
+ * events, inside one `BEGIN IMMEDIATE` transaction (stored messages and receipts inside a savepoint
+ * of a transaction shared with the writes queued beside them: `createGroupCommit`): within a
+ * process nothing interleaves with it, and across processes sharing the file SQLite's write lock
+ * serializes it. That is what makes
  * seqs contiguous (read last_seq, write last_seq + 1 and the message in one transaction: a crash or
  * an error rolls back both, so no seq is skipped, and the unique keys on message id and client id
  * make a redelivery find the first copy).
@@ -58,6 +60,8 @@ export function createSqliteHistoryStore(options: SqliteHistoryStoreOptions): Hi
     throw err;
   }
   const outbox = createSqliteOutbox(db, HISTORY_OUTBOX_TABLE);
+  // Stored messages and receipts come in bursts (a group's acknowledgements): one fsync per burst.
+  const groupCommit = createGroupCommit(db);
   const q = statements(db);
 
   const bumpPosition = (device: DeviceRef, seenAt: number): number =>
@@ -224,7 +228,7 @@ export function createSqliteHistoryStore(options: SqliteHistoryStoreOptions): Hi
     outbox,
 
     async storeMessage(input, events): Promise<StoreMessageResult> {
-      return inTransaction(db, () => {
+      return groupCommit.run(() => {
         const m = input.message;
         const byId = q.messageById.get(m.messageId) as Row | undefined;
         if (byId !== undefined) {
@@ -343,7 +347,7 @@ export function createSqliteHistoryStore(options: SqliteHistoryStoreOptions): Hi
     },
 
     async recordReceipt(input, event) {
-      return inTransaction(db, () => recordReceipt(input, event));
+      return groupCommit.run(() => recordReceipt(input, event));
     },
 
     async receiptStates(conversationId, userIds) {
@@ -425,6 +429,7 @@ export function createSqliteHistoryStore(options: SqliteHistoryStoreOptions): Hi
     },
 
     close() {
+      groupCommit.flushNow();
       if (ownsDb) db.close();
     },
   };
