@@ -1,5 +1,5 @@
 import type { DescMethod, MessageInitShape } from "@bufbuild/protobuf";
-import { timestampFromDate, timestampNow } from "@bufbuild/protobuf/wkt";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { Attributes, Link, Span } from "@opentelemetry/api";
 import { SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
@@ -32,6 +32,7 @@ import type { GrpcCallOptions } from "../lib/grpc/client.ts";
 import { validateMessage } from "../lib/grpc/validation.ts";
 import type { Logger } from "../lib/logging.ts";
 import { FORCE_TRACE_ATTRIBUTE } from "../lib/telemetry.ts";
+import { acknowledgementRequest, createAcknowledgementBatcher } from "./ack-batcher.ts";
 import { authenticatedCaller, callingDevice } from "./auth/interceptor.ts";
 import { serveFrames } from "./frame-writer.ts";
 import type { HostDirectory } from "./host-directory.ts";
@@ -253,6 +254,10 @@ type SessionCalls = ReturnType<typeof createSessionCalls>;
 
 /** The internal calls behind frames and unary methods alike, acting as `device`. */
 function createSessionCalls(clients: SessionServiceOptions["clients"]) {
+  const acknowledgements = createAcknowledgementBatcher({
+    history: clients.history,
+    deadlineMs: ACK_DEADLINE_MS,
+  });
   return {
     send(device: DeviceAddress, message: OutgoingMessage, callOptions: GrpcCallOptions) {
       return clients.sender.sendMessage(
@@ -267,21 +272,14 @@ function createSessionCalls(clients: SessionServiceOptions["clients"]) {
       );
     },
     async ack(device: DeviceAddress, ack: Acknowledgement, callOptions: GrpcCallOptions): Promise<bigint> {
-      const target =
-        ack.target.case === "messageIds"
-          ? { case: "messageIds" as const, value: { messageIds: ack.target.value.messageIds } }
-          : { case: "upToSeq" as const, value: ack.target.value ?? 0n };
-      const request = {
-        device,
-        conversationId: ack.conversationId,
-        target,
-        at: timestampFromDate(new Date()),
-      };
+      const request = acknowledgementRequest(device, ack);
       if (ack.kind === ReceiptKind.READ) {
         return (await clients.history.markRead(request, callOptions)).state?.readUpToSeq ?? 0n;
       }
       return (await clients.history.markDelivered(request, callOptions)).state?.deliveredUpToSeq ?? 0n;
     },
+    /** The same as `ack`, in a RecordAcknowledgements call shared with the other streams' acks. */
+    ackInBatch: (device: DeviceAddress, ack: Acknowledgement) => acknowledgements.submit(device, ack),
     async setTyping(device: DeviceAddress, typing: TypingUpdate, callOptions: GrpcCallOptions) {
       const response = await clients.delivery.setTyping(
         { device, conversationId: typing.conversationId, typing: typing.typing },
@@ -437,7 +435,11 @@ function createFrameReader(
         run(`ack:${ack.conversationId}`, () =>
           inFrameSpan("ack", attributes, links, async (span) => {
             try {
-              const upTo = await calls.ack(device, ack, { ...callOptions, deadline: ACK_DEADLINE_MS });
+              // A traced ack keeps a call of its own, so its trace shows history's work under it;
+              // the others share a call with the acks other streams received in the same turn.
+              const upTo = span.isRecording()
+                ? await calls.ack(device, ack, { ...callOptions, deadline: ACK_DEADLINE_MS })
+                : await calls.ackInBatch(device, ack);
               span.setAttribute("parley.receipt.state_up_to_seq", Number(upTo));
             } catch (err) {
               const status = statusOf(err, ctx, ackRoute(ack));

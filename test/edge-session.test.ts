@@ -127,6 +127,20 @@ function fakeServices() {
         received.push({ method: "MarkRead", request });
         return { recorded: true, state: { deliveredUpToSeq: 7n, readUpToSeq: 5n } };
       },
+      async recordAcknowledgements(request) {
+        received.push({ method: "RecordAcknowledgements", request });
+        return {
+          outcomes: request.acknowledgements.map(({ kind }) => ({
+            outcome: {
+              case: "result" as const,
+              value: {
+                recorded: true,
+                state: { deliveredUpToSeq: 7n, readUpToSeq: kind.case === "read" ? 5n : 2n },
+              },
+            },
+          })),
+        };
+      },
       async requestResend(request) {
         received.push({ method: "RequestResend", request });
         return {};
@@ -418,15 +432,18 @@ describe("Session", () => {
         },
       },
     });
-    await expect
-      .poll(() => receivedBy("MarkRead"))
-      .toContainEqual(
-        expect.objectContaining({
-          device: expect.objectContaining({ userId: "alice", deviceId: "tablet" }),
-          conversationId: conversation,
-          target: { case: "upToSeq", value: 3n },
-        }),
-      );
+    // Untraced, so in a RecordAcknowledgements call shared with the other streams' acks.
+    const readAcks = () =>
+      receivedBy<{ acknowledgements: Array<{ kind: { case: string; value: unknown } }> }>(
+        "RecordAcknowledgements",
+      ).flatMap((r) => r.acknowledgements.filter((a) => a.kind.case === "read").map((a) => a.kind.value));
+    await expect.poll(readAcks).toContainEqual(
+      expect.objectContaining({
+        device: expect.objectContaining({ userId: "alice", deviceId: "tablet" }),
+        conversationId: conversation,
+        target: { case: "upToSeq", value: 3n },
+      }),
+    );
     await expect.poll(() => down.frames.some((f) => f.body.case === "heartbeat")).toBe(true);
     await expect.poll(presenceReports).toContain("alice/tablet:IDLE");
     up.end();

@@ -1,20 +1,52 @@
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { context, propagation } from "@opentelemetry/api";
 import type { DeviceAddress } from "../../gen/parley/common/v1/address_pb.ts";
 import { SeqOrder } from "../../gen/parley/history/v1/history_pb.ts";
 import type {
+  AcknowledgementOutcomeSchema,
   HistoryService,
   MarkDeliveredRequest,
   MarkReadRequest,
 } from "../../gen/parley/history/v1/history_service_pb.ts";
-import { invalidArgument } from "../../lib/errors.ts";
+import { invalidArgument, isUnexpectedError, toParleyError, toStatus } from "../../lib/errors.ts";
 import type { GrpcServiceImplementation } from "../../lib/grpc/service-definition.ts";
+import type { Logger } from "../../lib/logging.ts";
 import { messageProto, receiptProto } from "./domain/events.ts";
 import type { History, MarkCommand } from "./domain/history.ts";
 import type { DeviceRef, ReceiptState } from "./domain/model.ts";
 
 /** HistoryService over the history use cases: protobuf in, domain command, protobuf out. */
-export function createHistoryHandlers(history: History): GrpcServiceImplementation<typeof HistoryService> {
+export function createHistoryHandlers(
+  history: History,
+  logger: Logger,
+): GrpcServiceImplementation<typeof HistoryService> {
+  /** One acknowledgement of a batch, answered as its own call would be (errors as the error mapping sends them). */
+  async function acknowledgementOutcome(acknowledgement: {
+    readonly case: "delivered" | "read";
+    readonly value: MarkDeliveredRequest | MarkReadRequest;
+  }): Promise<MessageInitShape<typeof AcknowledgementOutcomeSchema>> {
+    try {
+      const command = markCommand(acknowledgement.value);
+      const result =
+        acknowledgement.case === "read"
+          ? await history.markRead(command)
+          : await history.markDelivered(command);
+      return {
+        outcome: { case: "result", value: { recorded: result.recorded, state: stateProto(result.state) } },
+      };
+    } catch (err) {
+      const parley = toParleyError(err);
+      if (isUnexpectedError(parley)) {
+        logger.error(
+          { err: parley.cause ?? parley, method: "RecordAcknowledgements" },
+          "unexpected error in handler",
+        );
+      }
+      return { outcome: { case: "error", value: toStatus(parley) } };
+    }
+  }
+
   return {
     async sync(request) {
       const result = await history.sync({
@@ -65,6 +97,21 @@ export function createHistoryHandlers(history: History): GrpcServiceImplementati
     async markRead(request) {
       const result = await history.markRead(markCommand(request));
       return { recorded: result.recorded, state: stateProto(result.state) };
+    },
+
+    async recordAcknowledgements(request) {
+      // Side by side, so their store writes share one commit (the SQLite store's group commit, the
+      // Cassandra store's concurrent writes); each is recorded exactly as its own call would be.
+      const outcomes = await Promise.all(
+        request.acknowledgements.map(async ({ kind }) => {
+          if (kind.case === undefined) {
+            // protovalidate requires the oneof; this narrows the type.
+            throw invalidArgument("VALIDATION_FAILED", "acknowledgements[].kind is required");
+          }
+          return acknowledgementOutcome(kind);
+        }),
+      );
+      return { outcomes };
     },
 
     async getReceipts(request) {

@@ -30,6 +30,7 @@ import type { EmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
 import { createEmbeddedBroker } from "../../lib/broker/embedded-broker.ts";
 import { engineTargets } from "../../lib/engines.ts";
 import type { ParleyError } from "../../lib/errors.ts";
+import { parleyErrorFromStatus } from "../../lib/errors.ts";
 import type { GrpcServiceClient } from "../../lib/grpc/client.ts";
 import { closeChannel, createGrpcClient } from "../../lib/grpc/client.ts";
 import { fromGrpcError } from "../../lib/grpc/grpc-error.ts";
@@ -413,6 +414,105 @@ describe("history service over gRPC", () => {
       "bob",
       "carol",
     ]);
+  });
+
+  it("records a RecordAcknowledgements batch as its single calls would, each answered on its own", async () => {
+    const response = await client.recordAcknowledgements({
+      acknowledgements: [
+        {
+          kind: {
+            case: "read",
+            value: { device: phone("bob"), conversationId: group, target: { case: "upToSeq", value: 3n } },
+          },
+        },
+        // Not a member: refused alone, as MarkDelivered would refuse it.
+        {
+          kind: {
+            case: "delivered",
+            value: {
+              device: phone("mallory"),
+              conversationId: group,
+              target: { case: "upToSeq", value: 1n },
+            },
+          },
+        },
+        {
+          kind: {
+            case: "delivered",
+            value: {
+              device: phone("carol"),
+              conversationId: group,
+              target: { case: "messageIds", value: { messageIds: [messageIds[1] as string] } },
+            },
+          },
+        },
+        // Already covered by the first: taken, nothing recorded.
+        {
+          kind: {
+            case: "read",
+            value: { device: laptop("bob"), conversationId: group, target: { case: "upToSeq", value: 2n } },
+          },
+        },
+      ],
+    });
+    const outcomes = response.outcomes.map(({ outcome }) =>
+      outcome.case === "result"
+        ? [outcome.value.recorded, outcome.value.state?.deliveredUpToSeq, outcome.value.state?.readUpToSeq]
+        : outcome.case === "error"
+          ? [outcome.value.code, outcome.value.message]
+          : [],
+    );
+    const single = await grpcRefusal(
+      client.markDelivered({
+        device: phone("mallory"),
+        conversationId: group,
+        target: { case: "upToSeq", value: 1n },
+      }),
+    );
+    expect(single.code).toBe("not_found");
+    expect(outcomes).toEqual([
+      [true, 3n, 3n],
+      [5, single.message],
+      [true, 0n, 0n],
+      [false, 3n, 3n],
+    ]);
+    const refusal = response.outcomes[1]?.outcome;
+    expect(
+      refusal?.case === "error" &&
+        parleyErrorFromStatus(refusal.value.code, refusal.value.message, refusal.value.details).reason,
+    ).toBe("CONVERSATION_NOT_FOUND");
+
+    // The same state, events and inboxes as the single calls leave (previous test).
+    await waitFor(() => receipts.length === 2, "two ReceiptRecorded");
+    expect(receipts.map((r) => [r.receipt?.kind, r.receipt?.upToSeq, r.notifyUserIds])).toEqual([
+      [ReceiptKind.READ, 3n, ["alice", "bob"]],
+      [ReceiptKind.DELIVERED, 0n, ["alice"]],
+    ]);
+    const inbox = await client.sync({ device: phone("bob") });
+    expect(inbox.items.map((i) => (i.item.case === "message" ? i.item.value.seq : 0n))).toEqual([4n, 5n]);
+
+    // A request that breaks its rules fails as a whole.
+    expect(await grpcFailure(client.recordAcknowledgements({ acknowledgements: [] }))).toBe(
+      "invalid_argument/VALIDATION_FAILED",
+    );
+    expect(
+      await grpcFailure(
+        client.recordAcknowledgements({
+          acknowledgements: [
+            {
+              kind: {
+                case: "delivered",
+                value: {
+                  device: phone("bob"),
+                  conversationId: "nope",
+                  target: { case: "upToSeq", value: 1n },
+                },
+              },
+            },
+          ],
+        }),
+      ),
+    ).toBe("invalid_argument/VALIDATION_FAILED");
   });
 
   it("publishes ResendRequested for a message addressed to the device, and refuses others", async () => {

@@ -159,7 +159,7 @@ export async function createHistoryService(options: HistoryServiceOptions): Prom
     sweep = retention;
     let stopping: Promise<void> | undefined;
     return {
-      registrations: [grpcService(HistoryService, createHistoryHandlers(history))],
+      registrations: [grpcService(HistoryService, createHistoryHandlers(history, logger))],
       history,
       store,
       sweepNow: () => retention?.runNow() ?? store.sweepExpired(options.now?.() ?? new Date()),

@@ -7,6 +7,8 @@ import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2
 import { file_buf_validate_validate } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Status } from "../../../google/rpc/status_pb.ts";
+import { file_google_rpc_status } from "../../../google/rpc/status_pb.ts";
 import type { DeviceAddress } from "../../common/v1/address_pb.ts";
 import { file_parley_common_v1_address } from "../../common/v1/address_pb.ts";
 import type { Message as Message$1 } from "../../common/v1/message_pb.ts";
@@ -20,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/history/v1/history_service.proto.
  */
 export const file_parley_history_v1_history_service: GenFile = /*@__PURE__*/
-  fileDesc("CidwYXJsZXkvaGlzdG9yeS92MS9oaXN0b3J5X3NlcnZpY2UucHJvdG8SEXBhcmxleS5oaXN0b3J5LnYxIqMBCgtTeW5jUmVxdWVzdBI3CgZkZXZpY2UYASABKAsyHy5wYXJsZXkuY29tbW9uLnYxLkRldmljZUFkZHJlc3NCBrpIA8gBARIYCgZjdXJzb3IYAiABKAxCCLpIBXoDGIACEh0KCXBhZ2Vfc2l6ZRgDIAEoBUIKukgHGgUY6AcoABIiChpmcm9tX29sZGVzdF91bmFja25vd2xlZGdlZBgEIAEoCCKbAQoMU3luY1Jlc3BvbnNlEioKBWl0ZW1zGAEgAygLMhsucGFybGV5Lmhpc3RvcnkudjEuU3luY0l0ZW0SEwoLbmV4dF9jdXJzb3IYAiABKAwSDAoEbW9yZRgDIAEoCBI8Cgp3YXRlcm1hcmtzGAQgAygLMigucGFybGV5Lmhpc3RvcnkudjEuQ29udmVyc2F0aW9uV2F0ZXJtYXJrIp0DChNMaXN0TWVzc2FnZXNSZXF1ZXN0EjcKBmRldmljZRgBIAEoCzIfLnBhcmxleS5jb21tb24udjEuRGV2aWNlQWRkcmVzc0IGukgDyAEBEiUKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCUIMukgJyAEBcgTYxicBEhEKCWFmdGVyX3NlcRgDIAEoBBISCgpiZWZvcmVfc2VxGAQgASgEEjQKBW9yZGVyGAUgASgOMhsucGFybGV5Lmhpc3RvcnkudjEuU2VxT3JkZXJCCLpIBYIBAhABEh0KCXBhZ2Vfc2l6ZRgGIAEoBUIKukgHGgUY6AcoABIcCgpwYWdlX3Rva2VuGAcgASgJQgi6SAVyAxiACDqLAbpIhwEahAEKF2xpc3RfbWVzc2FnZXMuc2VxX3JhbmdlEi5iZWZvcmVfc2VxIG11c3QgYmUgMCBvciBncmVhdGVyIHRoYW4gYWZ0ZXJfc2VxGjl0aGlzLmJlZm9yZV9zZXEgPT0gMHUgfHwgdGhpcy5iZWZvcmVfc2VxID4gdGhpcy5hZnRlcl9zZXEibgoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USKwoIbWVzc2FnZXMYASADKAsyGS5wYXJsZXkuY29tbW9uLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCGxhc3Rfc2VxGAMgASgEIjsKDU1lc3NhZ2VJZExpc3QSKgoLbWVzc2FnZV9pZHMYASADKAlCFbpIEpIBDwgBEOgHGAEiBnIE2MYnASKGAgoUTWFya0RlbGl2ZXJlZFJlcXVlc3QSNwoGZGV2aWNlGAEgASgLMh8ucGFybGV5LmNvbW1vbi52MS5EZXZpY2VBZGRyZXNzQga6SAPIAQESJQoPY29udmVyc2F0aW9uX2lkGAIgASgJQgy6SAnIAQFyBNjGJwESHAoJdXBfdG9fc2VxGAMgASgEQge6SAQyAiAASAASNwoLbWVzc2FnZV9pZHMYBCABKAsyIC5wYXJsZXkuaGlzdG9yeS52MS5NZXNzYWdlSWRMaXN0SAASJgoCYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQg8KBnRhcmdldBIFukgCCAEiWQoVTWFya0RlbGl2ZXJlZFJlc3BvbnNlEhAKCHJlY29yZGVkGAEgASgIEi4KBXN0YXRlGAIgASgLMh8ucGFybGV5Lmhpc3RvcnkudjEuUmVjZWlwdFN0YXRlIoECCg9NYXJrUmVhZFJlcXVlc3QSNwoGZGV2aWNlGAEgASgLMh8ucGFybGV5LmNvbW1vbi52MS5EZXZpY2VBZGRyZXNzQga6SAPIAQESJQoPY29udmVyc2F0aW9uX2lkGAIgASgJQgy6SAnIAQFyBNjGJwESHAoJdXBfdG9fc2VxGAMgASgEQge6SAQyAiAASAASNwoLbWVzc2FnZV9pZHMYBCABKAsyIC5wYXJsZXkuaGlzdG9yeS52MS5NZXNzYWdlSWRMaXN0SAASJgoCYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQg8KBnRhcmdldBIFukgCCAEiVAoQTWFya1JlYWRSZXNwb25zZRIQCghyZWNvcmRlZBgBIAEoCBIuCgVzdGF0ZRgCIAEoCzIfLnBhcmxleS5oaXN0b3J5LnYxLlJlY2VpcHRTdGF0ZSLTAQoSR2V0UmVjZWlwdHNSZXF1ZXN0EjcKBmRldmljZRgBIAEoCzIfLnBhcmxleS5jb21tb24udjEuRGV2aWNlQWRkcmVzc0IGukgDyAEBEiUKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCUIMukgJyAEBcgTYxicBEiAKCm1lc3NhZ2VfaWQYAyABKAlCDLpICdgBAXIE2MYnARIdCglwYWdlX3NpemUYBCABKAVCCrpIBxoFGOgHKAASHAoKcGFnZV90b2tlbhgFIAEoCUIIukgFcgMYgAgivAEKE0dldFJlY2VpcHRzUmVzcG9uc2USMQoHbWVtYmVycxgBIAMoCzIgLnBhcmxleS5oaXN0b3J5LnYxLk1lbWJlclJlY2VpcHQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhMKC21lc3NhZ2Vfc2VxGAMgASgEEhcKD3JlY2lwaWVudF9jb3VudBgEIAEoDRIXCg9kZWxpdmVyZWRfY291bnQYBSABKA0SEgoKcmVhZF9jb3VudBgGIAEoDSK6AQoUUmVxdWVzdFJlc2VuZFJlcXVlc3QSNwoGZGV2aWNlGAEgASgLMh8ucGFybGV5LmNvbW1vbi52MS5EZXZpY2VBZGRyZXNzQga6SAPIAQESJQoPY29udmVyc2F0aW9uX2lkGAIgASgJQgy6SAnIAQFyBNjGJwESIAoKbWVzc2FnZV9pZBgDIAEoCUIMukgJyAEBcgTYxicBEiAKDGlkZW50aXR5X2tleRgEIAEoDEIKukgHegUqAQVoISIXChVSZXF1ZXN0UmVzZW5kUmVzcG9uc2UyzgQKDkhpc3RvcnlTZXJ2aWNlEkwKBFN5bmMSHi5wYXJsZXkuaGlzdG9yeS52MS5TeW5jUmVxdWVzdBofLnBhcmxleS5oaXN0b3J5LnYxLlN5bmNSZXNwb25zZSIDkAIBEmQKDExpc3RNZXNzYWdlcxImLnBhcmxleS5oaXN0b3J5LnYxLkxpc3RNZXNzYWdlc1JlcXVlc3QaJy5wYXJsZXkuaGlzdG9yeS52MS5MaXN0TWVzc2FnZXNSZXNwb25zZSIDkAIBEmcKDU1hcmtEZWxpdmVyZWQSJy5wYXJsZXkuaGlzdG9yeS52MS5NYXJrRGVsaXZlcmVkUmVxdWVzdBooLnBhcmxleS5oaXN0b3J5LnYxLk1hcmtEZWxpdmVyZWRSZXNwb25zZSIDkAICElgKCE1hcmtSZWFkEiIucGFybGV5Lmhpc3RvcnkudjEuTWFya1JlYWRSZXF1ZXN0GiMucGFybGV5Lmhpc3RvcnkudjEuTWFya1JlYWRSZXNwb25zZSIDkAICEmEKC0dldFJlY2VpcHRzEiUucGFybGV5Lmhpc3RvcnkudjEuR2V0UmVjZWlwdHNSZXF1ZXN0GiYucGFybGV5Lmhpc3RvcnkudjEuR2V0UmVjZWlwdHNSZXNwb25zZSIDkAIBEmIKDVJlcXVlc3RSZXNlbmQSJy5wYXJsZXkuaGlzdG9yeS52MS5SZXF1ZXN0UmVzZW5kUmVxdWVzdBooLnBhcmxleS5oaXN0b3J5LnYxLlJlcXVlc3RSZXNlbmRSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp, file_parley_common_v1_address, file_parley_common_v1_message, file_parley_common_v1_rules, file_parley_history_v1_history]);
+  fileDesc("CidwYXJsZXkvaGlzdG9yeS92MS9oaXN0b3J5X3NlcnZpY2UucHJvdG8SEXBhcmxleS5oaXN0b3J5LnYxIqMBCgtTeW5jUmVxdWVzdBI3CgZkZXZpY2UYASABKAsyHy5wYXJsZXkuY29tbW9uLnYxLkRldmljZUFkZHJlc3NCBrpIA8gBARIYCgZjdXJzb3IYAiABKAxCCLpIBXoDGIACEh0KCXBhZ2Vfc2l6ZRgDIAEoBUIKukgHGgUY6AcoABIiChpmcm9tX29sZGVzdF91bmFja25vd2xlZGdlZBgEIAEoCCKbAQoMU3luY1Jlc3BvbnNlEioKBWl0ZW1zGAEgAygLMhsucGFybGV5Lmhpc3RvcnkudjEuU3luY0l0ZW0SEwoLbmV4dF9jdXJzb3IYAiABKAwSDAoEbW9yZRgDIAEoCBI8Cgp3YXRlcm1hcmtzGAQgAygLMigucGFybGV5Lmhpc3RvcnkudjEuQ29udmVyc2F0aW9uV2F0ZXJtYXJrIp0DChNMaXN0TWVzc2FnZXNSZXF1ZXN0EjcKBmRldmljZRgBIAEoCzIfLnBhcmxleS5jb21tb24udjEuRGV2aWNlQWRkcmVzc0IGukgDyAEBEiUKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCUIMukgJyAEBcgTYxicBEhEKCWFmdGVyX3NlcRgDIAEoBBISCgpiZWZvcmVfc2VxGAQgASgEEjQKBW9yZGVyGAUgASgOMhsucGFybGV5Lmhpc3RvcnkudjEuU2VxT3JkZXJCCLpIBYIBAhABEh0KCXBhZ2Vfc2l6ZRgGIAEoBUIKukgHGgUY6AcoABIcCgpwYWdlX3Rva2VuGAcgASgJQgi6SAVyAxiACDqLAbpIhwEahAEKF2xpc3RfbWVzc2FnZXMuc2VxX3JhbmdlEi5iZWZvcmVfc2VxIG11c3QgYmUgMCBvciBncmVhdGVyIHRoYW4gYWZ0ZXJfc2VxGjl0aGlzLmJlZm9yZV9zZXEgPT0gMHUgfHwgdGhpcy5iZWZvcmVfc2VxID4gdGhpcy5hZnRlcl9zZXEibgoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USKwoIbWVzc2FnZXMYASADKAsyGS5wYXJsZXkuY29tbW9uLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCGxhc3Rfc2VxGAMgASgEIjsKDU1lc3NhZ2VJZExpc3QSKgoLbWVzc2FnZV9pZHMYASADKAlCFbpIEpIBDwgBEOgHGAEiBnIE2MYnASKGAgoUTWFya0RlbGl2ZXJlZFJlcXVlc3QSNwoGZGV2aWNlGAEgASgLMh8ucGFybGV5LmNvbW1vbi52MS5EZXZpY2VBZGRyZXNzQga6SAPIAQESJQoPY29udmVyc2F0aW9uX2lkGAIgASgJQgy6SAnIAQFyBNjGJwESHAoJdXBfdG9fc2VxGAMgASgEQge6SAQyAiAASAASNwoLbWVzc2FnZV9pZHMYBCABKAsyIC5wYXJsZXkuaGlzdG9yeS52MS5NZXNzYWdlSWRMaXN0SAASJgoCYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQg8KBnRhcmdldBIFukgCCAEiWQoVTWFya0RlbGl2ZXJlZFJlc3BvbnNlEhAKCHJlY29yZGVkGAEgASgIEi4KBXN0YXRlGAIgASgLMh8ucGFybGV5Lmhpc3RvcnkudjEuUmVjZWlwdFN0YXRlIoECCg9NYXJrUmVhZFJlcXVlc3QSNwoGZGV2aWNlGAEgASgLMh8ucGFybGV5LmNvbW1vbi52MS5EZXZpY2VBZGRyZXNzQga6SAPIAQESJQoPY29udmVyc2F0aW9uX2lkGAIgASgJQgy6SAnIAQFyBNjGJwESHAoJdXBfdG9fc2VxGAMgASgEQge6SAQyAiAASAASNwoLbWVzc2FnZV9pZHMYBCABKAsyIC5wYXJsZXkuaGlzdG9yeS52MS5NZXNzYWdlSWRMaXN0SAASJgoCYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQg8KBnRhcmdldBIFukgCCAEiVAoQTWFya1JlYWRSZXNwb25zZRIQCghyZWNvcmRlZBgBIAEoCBIuCgVzdGF0ZRgCIAEoCzIfLnBhcmxleS5oaXN0b3J5LnYxLlJlY2VpcHRTdGF0ZSJqCh1SZWNvcmRBY2tub3dsZWRnZW1lbnRzUmVxdWVzdBJJChBhY2tub3dsZWRnZW1lbnRzGAEgAygLMiIucGFybGV5Lmhpc3RvcnkudjEuQWNrbm93bGVkZ2VtZW50Qgu6SAiSAQUIARDoByKSAQoPQWNrbm93bGVkZ2VtZW50EjwKCWRlbGl2ZXJlZBgBIAEoCzInLnBhcmxleS5oaXN0b3J5LnYxLk1hcmtEZWxpdmVyZWRSZXF1ZXN0SAASMgoEcmVhZBgCIAEoCzIiLnBhcmxleS5oaXN0b3J5LnYxLk1hcmtSZWFkUmVxdWVzdEgAQg0KBGtpbmQSBbpIAggBIl0KHlJlY29yZEFja25vd2xlZGdlbWVudHNSZXNwb25zZRI7CghvdXRjb21lcxgBIAMoCzIpLnBhcmxleS5oaXN0b3J5LnYxLkFja25vd2xlZGdlbWVudE91dGNvbWUihAEKFkFja25vd2xlZGdlbWVudE91dGNvbWUSOgoGcmVzdWx0GAEgASgLMigucGFybGV5Lmhpc3RvcnkudjEuQWNrbm93bGVkZ2VtZW50UmVzdWx0SAASIwoFZXJyb3IYAiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAQgkKB291dGNvbWUiWQoVQWNrbm93bGVkZ2VtZW50UmVzdWx0EhAKCHJlY29yZGVkGAEgASgIEi4KBXN0YXRlGAIgASgLMh8ucGFybGV5Lmhpc3RvcnkudjEuUmVjZWlwdFN0YXRlItMBChJHZXRSZWNlaXB0c1JlcXVlc3QSNwoGZGV2aWNlGAEgASgLMh8ucGFybGV5LmNvbW1vbi52MS5EZXZpY2VBZGRyZXNzQga6SAPIAQESJQoPY29udmVyc2F0aW9uX2lkGAIgASgJQgy6SAnIAQFyBNjGJwESIAoKbWVzc2FnZV9pZBgDIAEoCUIMukgJ2AEBcgTYxicBEh0KCXBhZ2Vfc2l6ZRgEIAEoBUIKukgHGgUY6AcoABIcCgpwYWdlX3Rva2VuGAUgASgJQgi6SAVyAxiACCK8AQoTR2V0UmVjZWlwdHNSZXNwb25zZRIxCgdtZW1iZXJzGAEgAygLMiAucGFybGV5Lmhpc3RvcnkudjEuTWVtYmVyUmVjZWlwdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEwoLbWVzc2FnZV9zZXEYAyABKAQSFwoPcmVjaXBpZW50X2NvdW50GAQgASgNEhcKD2RlbGl2ZXJlZF9jb3VudBgFIAEoDRISCgpyZWFkX2NvdW50GAYgASgNIroBChRSZXF1ZXN0UmVzZW5kUmVxdWVzdBI3CgZkZXZpY2UYASABKAsyHy5wYXJsZXkuY29tbW9uLnYxLkRldmljZUFkZHJlc3NCBrpIA8gBARIlCg9jb252ZXJzYXRpb25faWQYAiABKAlCDLpICcgBAXIE2MYnARIgCgptZXNzYWdlX2lkGAMgASgJQgy6SAnIAQFyBNjGJwESIAoMaWRlbnRpdHlfa2V5GAQgASgMQgq6SAd6BSoBBWghIhcKFVJlcXVlc3RSZXNlbmRSZXNwb25zZTLTBQoOSGlzdG9yeVNlcnZpY2USTAoEU3luYxIeLnBhcmxleS5oaXN0b3J5LnYxLlN5bmNSZXF1ZXN0Gh8ucGFybGV5Lmhpc3RvcnkudjEuU3luY1Jlc3BvbnNlIgOQAgESZAoMTGlzdE1lc3NhZ2VzEiYucGFybGV5Lmhpc3RvcnkudjEuTGlzdE1lc3NhZ2VzUmVxdWVzdBonLnBhcmxleS5oaXN0b3J5LnYxLkxpc3RNZXNzYWdlc1Jlc3BvbnNlIgOQAgESZwoNTWFya0RlbGl2ZXJlZBInLnBhcmxleS5oaXN0b3J5LnYxLk1hcmtEZWxpdmVyZWRSZXF1ZXN0GigucGFybGV5Lmhpc3RvcnkudjEuTWFya0RlbGl2ZXJlZFJlc3BvbnNlIgOQAgISWAoITWFya1JlYWQSIi5wYXJsZXkuaGlzdG9yeS52MS5NYXJrUmVhZFJlcXVlc3QaIy5wYXJsZXkuaGlzdG9yeS52MS5NYXJrUmVhZFJlc3BvbnNlIgOQAgISggEKFlJlY29yZEFja25vd2xlZGdlbWVudHMSMC5wYXJsZXkuaGlzdG9yeS52MS5SZWNvcmRBY2tub3dsZWRnZW1lbnRzUmVxdWVzdBoxLnBhcmxleS5oaXN0b3J5LnYxLlJlY29yZEFja25vd2xlZGdlbWVudHNSZXNwb25zZSIDkAICEmEKC0dldFJlY2VpcHRzEiUucGFybGV5Lmhpc3RvcnkudjEuR2V0UmVjZWlwdHNSZXF1ZXN0GiYucGFybGV5Lmhpc3RvcnkudjEuR2V0UmVjZWlwdHNSZXNwb25zZSIDkAIBEmIKDVJlcXVlc3RSZXNlbmQSJy5wYXJsZXkuaGlzdG9yeS52MS5SZXF1ZXN0UmVzZW5kUmVxdWVzdBooLnBhcmxleS5oaXN0b3J5LnYxLlJlcXVlc3RSZXNlbmRSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp, file_google_rpc_status, file_parley_common_v1_address, file_parley_common_v1_message, file_parley_common_v1_rules, file_parley_history_v1_history]);
 
 /**
  * Asks for the device's inbox after a cursor.
@@ -418,6 +420,151 @@ export const MarkReadResponseSchema: GenMessage<MarkReadResponse> = /*@__PURE__*
   messageDesc(file_parley_history_v1_history_service, 8);
 
 /**
+ * Acknowledgements of several devices, each as its own MarkDelivered or MarkRead would carry it.
+ *
+ * @generated from message parley.history.v1.RecordAcknowledgementsRequest
+ */
+export type RecordAcknowledgementsRequest = Message<"parley.history.v1.RecordAcknowledgementsRequest"> & {
+  /**
+   * In the order they are recorded; several may come from the same device.
+   *
+   * @generated from field: repeated parley.history.v1.Acknowledgement acknowledgements = 1;
+   */
+  acknowledgements: Acknowledgement[];
+};
+
+/**
+ * Describes the message parley.history.v1.RecordAcknowledgementsRequest.
+ * Use `create(RecordAcknowledgementsRequestSchema)` to create a new message.
+ */
+export const RecordAcknowledgementsRequestSchema: GenMessage<RecordAcknowledgementsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_history_v1_history_service, 9);
+
+/**
+ * One device's acknowledgement.
+ *
+ * @generated from message parley.history.v1.Acknowledgement
+ */
+export type Acknowledgement = Message<"parley.history.v1.Acknowledgement"> & {
+  /**
+   * Delivered or read.
+   *
+   * @generated from oneof parley.history.v1.Acknowledgement.kind
+   */
+  kind: {
+    /**
+     * What MarkDelivered records.
+     *
+     * @generated from field: parley.history.v1.MarkDeliveredRequest delivered = 1;
+     */
+    value: MarkDeliveredRequest;
+    case: "delivered";
+  } | {
+    /**
+     * What MarkRead records.
+     *
+     * @generated from field: parley.history.v1.MarkReadRequest read = 2;
+     */
+    value: MarkReadRequest;
+    case: "read";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message parley.history.v1.Acknowledgement.
+ * Use `create(AcknowledgementSchema)` to create a new message.
+ */
+export const AcknowledgementSchema: GenMessage<Acknowledgement> = /*@__PURE__*/
+  messageDesc(file_parley_history_v1_history_service, 10);
+
+/**
+ * One outcome per acknowledgement, in the request's order.
+ *
+ * @generated from message parley.history.v1.RecordAcknowledgementsResponse
+ */
+export type RecordAcknowledgementsResponse = Message<"parley.history.v1.RecordAcknowledgementsResponse"> & {
+  /**
+   * outcomes[i] answers acknowledgements[i].
+   *
+   * @generated from field: repeated parley.history.v1.AcknowledgementOutcome outcomes = 1;
+   */
+  outcomes: AcknowledgementOutcome[];
+};
+
+/**
+ * Describes the message parley.history.v1.RecordAcknowledgementsResponse.
+ * Use `create(RecordAcknowledgementsResponseSchema)` to create a new message.
+ */
+export const RecordAcknowledgementsResponseSchema: GenMessage<RecordAcknowledgementsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_history_v1_history_service, 11);
+
+/**
+ * What the acknowledgement's own call would have answered.
+ *
+ * @generated from message parley.history.v1.AcknowledgementOutcome
+ */
+export type AcknowledgementOutcome = Message<"parley.history.v1.AcknowledgementOutcome"> & {
+  /**
+   * Its response, or the error its call would have failed with (the codes and reasons of this
+   * service's errors, with the same details).
+   *
+   * @generated from oneof parley.history.v1.AcknowledgementOutcome.outcome
+   */
+  outcome: {
+    /**
+     * Taken (recorded, or already covered).
+     *
+     * @generated from field: parley.history.v1.AcknowledgementResult result = 1;
+     */
+    value: AcknowledgementResult;
+    case: "result";
+  } | {
+    /**
+     * Not taken.
+     *
+     * @generated from field: google.rpc.Status error = 2;
+     */
+    value: Status;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message parley.history.v1.AcknowledgementOutcome.
+ * Use `create(AcknowledgementOutcomeSchema)` to create a new message.
+ */
+export const AcknowledgementOutcomeSchema: GenMessage<AcknowledgementOutcome> = /*@__PURE__*/
+  messageDesc(file_parley_history_v1_history_service, 12);
+
+/**
+ * An acknowledgement that was taken: what MarkDeliveredResponse and MarkReadResponse carry.
+ *
+ * @generated from message parley.history.v1.AcknowledgementResult
+ */
+export type AcknowledgementResult = Message<"parley.history.v1.AcknowledgementResult"> & {
+  /**
+   * False when it changed nothing (a retry, or already covered): no receipt was published.
+   *
+   * @generated from field: bool recorded = 1;
+   */
+  recorded: boolean;
+
+  /**
+   * The device's user's receipt state in the conversation after it.
+   *
+   * @generated from field: parley.history.v1.ReceiptState state = 2;
+   */
+  state?: ReceiptState | undefined;
+};
+
+/**
+ * Describes the message parley.history.v1.AcknowledgementResult.
+ * Use `create(AcknowledgementResultSchema)` to create a new message.
+ */
+export const AcknowledgementResultSchema: GenMessage<AcknowledgementResult> = /*@__PURE__*/
+  messageDesc(file_parley_history_v1_history_service, 13);
+
+/**
  * Asks for receipt state per member, of one message or of a whole conversation.
  *
  * @generated from message parley.history.v1.GetReceiptsRequest
@@ -464,7 +611,7 @@ export type GetReceiptsRequest = Message<"parley.history.v1.GetReceiptsRequest">
  * Use `create(GetReceiptsRequestSchema)` to create a new message.
  */
 export const GetReceiptsRequestSchema: GenMessage<GetReceiptsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_history_v1_history_service, 9);
+  messageDesc(file_parley_history_v1_history_service, 14);
 
 /**
  * Receipt state per member, sorted by user id.
@@ -521,7 +668,7 @@ export type GetReceiptsResponse = Message<"parley.history.v1.GetReceiptsResponse
  * Use `create(GetReceiptsResponseSchema)` to create a new message.
  */
 export const GetReceiptsResponseSchema: GenMessage<GetReceiptsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_history_v1_history_service, 10);
+  messageDesc(file_parley_history_v1_history_service, 15);
 
 /**
  * Asks the sender of a message to send it again.
@@ -565,7 +712,7 @@ export type RequestResendRequest = Message<"parley.history.v1.RequestResendReque
  * Use `create(RequestResendRequestSchema)` to create a new message.
  */
 export const RequestResendRequestSchema: GenMessage<RequestResendRequest> = /*@__PURE__*/
-  messageDesc(file_parley_history_v1_history_service, 11);
+  messageDesc(file_parley_history_v1_history_service, 16);
 
 /**
  * The request was published. Says nothing about whether the sender's device is connected.
@@ -580,7 +727,7 @@ export type RequestResendResponse = Message<"parley.history.v1.RequestResendResp
  * Use `create(RequestResendResponseSchema)` to create a new message.
  */
 export const RequestResendResponseSchema: GenMessage<RequestResendResponse> = /*@__PURE__*/
-  messageDesc(file_parley_history_v1_history_service, 12);
+  messageDesc(file_parley_history_v1_history_service, 17);
 
 /**
  * Stored messages, per-device inboxes and receipt state: the source of truth for what a device has
@@ -657,6 +804,20 @@ export const HistoryService: GenService<{
     methodKind: "unary";
     input: typeof MarkReadRequestSchema;
     output: typeof MarkReadResponseSchema;
+  },
+  /**
+   * MarkDelivered and MarkRead for many devices in one call: the edge gathers the acknowledgements
+   * its device streams receive within one turn of its event loop (a 1,000-member group's members
+   * all acknowledge the same message at once). Each acknowledgement is recorded and answered on its
+   * own, as its single call would be, in the order given; one that fails does not fail the others.
+   * A request that breaks its rules fails as a whole (INVALID_ARGUMENT). Idempotent.
+   *
+   * @generated from rpc parley.history.v1.HistoryService.RecordAcknowledgements
+   */
+  recordAcknowledgements: {
+    methodKind: "unary";
+    input: typeof RecordAcknowledgementsRequestSchema;
+    output: typeof RecordAcknowledgementsResponseSchema;
   },
   /**
    * Delivered and read state per member, for one message (who has read it) or for the whole

@@ -1,0 +1,132 @@
+import { create } from "@bufbuild/protobuf";
+import { ClientError, Status } from "nice-grpc";
+import { describe, expect, it } from "vitest";
+import { ReceiptKind } from "../gen/parley/common/v1/message_pb.ts";
+import type { Acknowledgement as AckFrame } from "../gen/parley/edge/v1/frames_pb.ts";
+import { AcknowledgementSchema as AckFrameSchema } from "../gen/parley/edge/v1/frames_pb.ts";
+import type {
+  MarkDeliveredRequest,
+  RecordAcknowledgementsRequest,
+} from "../gen/parley/history/v1/history_service_pb.ts";
+import { notFound, toStatus } from "../lib/errors.ts";
+import { createAcknowledgementBatcher } from "./ack-batcher.ts";
+
+const conversation = "01a1fe75-706e-704f-a1d8-e7bb1cc12f44";
+const device = (userId: string) => ({ userId, deviceId: "phone" }) as never;
+const ack = (kind: ReceiptKind, upTo: bigint): AckFrame =>
+  create(AckFrameSchema, { conversationId: conversation, kind, target: { case: "upToSeq", value: upTo } });
+
+/**
+ * History as the batcher sees it: answers each acknowledgement with watermarks derived from its
+ * request (delivered = up_to_seq, read = up_to_seq + 100), refuses user "mallory" NOT_FOUND, and
+ * records what it was called with.
+ */
+function recordingHistory(options: { refuseBatch?: Error } = {}) {
+  const calls: { method: string; users: string[] }[] = [];
+  const state = (request: MarkDeliveredRequest) => {
+    const upTo = request.target.case === "upToSeq" ? request.target.value : 0n;
+    return { deliveredUpToSeq: upTo, readUpToSeq: upTo + 100n };
+  };
+  const single = (method: string) => async (request: MarkDeliveredRequest) => {
+    calls.push({ method, users: [request.device?.userId ?? ""] });
+    if (request.device?.userId === "mallory") throw new ClientError(method, Status.NOT_FOUND, "not a member");
+    return { recorded: true, state: state(request) } as never;
+  };
+  return {
+    calls,
+    history: {
+      async recordAcknowledgements(request: RecordAcknowledgementsRequest) {
+        calls.push({
+          method: "RecordAcknowledgements",
+          users: request.acknowledgements.map((a) => a.kind.value?.device?.userId ?? ""),
+        });
+        if (options.refuseBatch !== undefined) throw options.refuseBatch;
+        return {
+          outcomes: request.acknowledgements.map(({ kind }) => {
+            const value = kind.value as MarkDeliveredRequest;
+            return value.device?.userId === "mallory"
+              ? {
+                  outcome: {
+                    case: "error",
+                    value: toStatus(notFound("CONVERSATION_NOT_FOUND", "not a member")),
+                  },
+                }
+              : { outcome: { case: "result", value: { recorded: true, state: state(value) } } };
+          }),
+        } as never;
+      },
+      markDelivered: single("MarkDelivered"),
+      markRead: single("MarkRead"),
+    } as never,
+  };
+}
+
+describe("createAcknowledgementBatcher", () => {
+  it("sends the acks of one turn in one call, in order, and answers each with its own watermark", async () => {
+    const { calls, history } = recordingHistory();
+    const batcher = createAcknowledgementBatcher({ history, deadlineMs: 1_000 });
+    const answers = await Promise.all([
+      batcher.submit(device("bob"), ack(ReceiptKind.DELIVERED, 3n)),
+      batcher.submit(device("carol"), ack(ReceiptKind.READ, 4n)),
+      batcher.submit(device("dave"), ack(ReceiptKind.DELIVERED, 5n)),
+    ]);
+    expect(answers).toEqual([3n, 104n, 5n]);
+    expect(calls).toEqual([{ method: "RecordAcknowledgements", users: ["bob", "carol", "dave"] }]);
+    // A later turn makes a call of its own.
+    await batcher.submit(device("erin"), ack(ReceiptKind.DELIVERED, 1n));
+    expect(calls.map((c) => c.users)).toEqual([["bob", "carol", "dave"], ["erin"]]);
+  });
+
+  it("fails only the acknowledgement history refused, with history's error", async () => {
+    const { history } = recordingHistory();
+    const batcher = createAcknowledgementBatcher({ history, deadlineMs: 1_000 });
+    const [bob, mallory] = await Promise.allSettled([
+      batcher.submit(device("bob"), ack(ReceiptKind.DELIVERED, 3n)),
+      batcher.submit(device("mallory"), ack(ReceiptKind.DELIVERED, 3n)),
+    ]);
+    expect(bob).toEqual({ status: "fulfilled", value: 3n });
+    expect(mallory.status).toBe("rejected");
+    expect((mallory as PromiseRejectedResult).reason).toMatchObject({
+      code: "not_found",
+      reason: "CONVERSATION_NOT_FOUND",
+      message: "not a member",
+    });
+  });
+
+  it("retries a batch refused INVALID_ARGUMENT one acknowledgement per call", async () => {
+    const { calls, history } = recordingHistory({
+      refuseBatch: new ClientError("RecordAcknowledgements", Status.INVALID_ARGUMENT, "bad request"),
+    });
+    const batcher = createAcknowledgementBatcher({ history, deadlineMs: 1_000 });
+    const results = await Promise.allSettled([
+      batcher.submit(device("bob"), ack(ReceiptKind.READ, 2n)),
+      batcher.submit(device("mallory"), ack(ReceiptKind.DELIVERED, 2n)),
+    ]);
+    expect(results.map((r) => r.status)).toEqual(["fulfilled", "rejected"]);
+    expect((results[0] as PromiseFulfilledResult<bigint>).value).toBe(102n);
+    expect(calls.map((c) => c.method)).toEqual(["RecordAcknowledgements", "MarkRead", "MarkDelivered"]);
+  });
+
+  it("fails every acknowledgement of a call that failed for another reason, with its error", async () => {
+    const outage = new ClientError("RecordAcknowledgements", Status.UNAVAILABLE, "history is down");
+    const { calls, history } = recordingHistory({ refuseBatch: outage });
+    const batcher = createAcknowledgementBatcher({ history, deadlineMs: 1_000 });
+    const results = await Promise.allSettled([
+      batcher.submit(device("bob"), ack(ReceiptKind.DELIVERED, 1n)),
+      batcher.submit(device("carol"), ack(ReceiptKind.DELIVERED, 1n)),
+    ]);
+    expect(results).toEqual([
+      { status: "rejected", reason: outage },
+      { status: "rejected", reason: outage },
+    ]);
+    expect(calls).toHaveLength(1);
+  });
+
+  it("splits a turn's acknowledgements into calls of at most maxPerCall", async () => {
+    const { calls, history } = recordingHistory();
+    const batcher = createAcknowledgementBatcher({ history, deadlineMs: 1_000, maxPerCall: 2 });
+    const users = ["a", "b", "c", "d", "e"];
+    await Promise.all(users.map((u) => batcher.submit(device(u), ack(ReceiptKind.DELIVERED, 1n))));
+    expect(calls.map((c) => c.users)).toEqual([["a", "b"], ["c", "d"], ["e"]]);
+  });
+});

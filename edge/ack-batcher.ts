@@ -1,0 +1,143 @@
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Status } from "nice-grpc";
+import type { DeviceAddress } from "../gen/parley/common/v1/address_pb.ts";
+import { ReceiptKind } from "../gen/parley/common/v1/message_pb.ts";
+import type { Acknowledgement as AckFrame } from "../gen/parley/edge/v1/frames_pb.ts";
+import type {
+  Acknowledgement,
+  HistoryService,
+  MarkDeliveredRequest,
+} from "../gen/parley/history/v1/history_service_pb.ts";
+import { parleyErrorFromStatus } from "../lib/errors.ts";
+import type { GrpcCallOptions, GrpcServiceClient } from "../lib/grpc/client.ts";
+import { fromGrpcError } from "../lib/grpc/grpc-error.ts";
+
+/** What a batched acknowledgement resolves to: the user's watermark of the acknowledged kind. */
+export type AcknowledgementBatcher = {
+  /**
+   * Records `ack` for `device` in the next RecordAcknowledgements call. Resolves with the user's
+   * delivered (or read) watermark after it, or rejects with the error its own MarkDelivered or
+   * MarkRead call would have failed with.
+   */
+  submit(device: DeviceAddress, ack: AckFrame): Promise<bigint>;
+};
+
+type Pending = {
+  readonly acknowledgement: Acknowledgement;
+  readonly kind: ReceiptKind;
+  readonly resolve: (upTo: bigint) => void;
+  readonly reject: (err: unknown) => void;
+};
+
+/** The request's rules allow this many per call (history_service.proto). */
+export const MAX_ACKNOWLEDGEMENTS_PER_CALL = 1000;
+
+/**
+ * Gathers the acknowledgements a host's device streams receive within one turn of the event loop
+ * into one HistoryService.RecordAcknowledgements call: when a 1,000-member group's devices all
+ * acknowledge a message at once, history gets a few calls (and commits) instead of one per device.
+ * Each acknowledgement is still answered on its own. A call refused as a whole for its rules
+ * (INVALID_ARGUMENT, which the edge's own checks should make impossible) is retried one
+ * acknowledgement per call, so only the offending one fails, with its own error.
+ */
+export function createAcknowledgementBatcher(options: {
+  readonly history: Pick<
+    GrpcServiceClient<typeof HistoryService>,
+    "recordAcknowledgements" | "markDelivered" | "markRead"
+  >;
+  /** Deadline of each call, in ms. */
+  readonly deadlineMs: number;
+  readonly maxPerCall?: number;
+}): AcknowledgementBatcher {
+  const maxPerCall = Math.min(
+    options.maxPerCall ?? MAX_ACKNOWLEDGEMENTS_PER_CALL,
+    MAX_ACKNOWLEDGEMENTS_PER_CALL,
+  );
+  const callOptions: GrpcCallOptions = { deadline: options.deadlineMs };
+  let queue: Pending[] = [];
+  let scheduled = false;
+
+  const upToOf = (kind: ReceiptKind, state: { deliveredUpToSeq: bigint; readUpToSeq: bigint } | undefined) =>
+    (kind === ReceiptKind.READ ? state?.readUpToSeq : state?.deliveredUpToSeq) ?? 0n;
+
+  async function one(item: Pending): Promise<void> {
+    try {
+      const { kind } = item.acknowledgement;
+      const response =
+        kind.case === "read"
+          ? await options.history.markRead(kind.value, callOptions)
+          : await options.history.markDelivered(kind.value as MarkDeliveredRequest, callOptions);
+      item.resolve(upToOf(item.kind, response.state));
+    } catch (err) {
+      item.reject(err);
+    }
+  }
+
+  async function send(batch: Pending[]): Promise<void> {
+    let outcomes: Awaited<ReturnType<typeof options.history.recordAcknowledgements>>["outcomes"];
+    try {
+      ({ outcomes } = await options.history.recordAcknowledgements(
+        { acknowledgements: batch.map((item) => item.acknowledgement) },
+        callOptions,
+      ));
+    } catch (err) {
+      if (fromGrpcError(err).code === "invalid_argument" && batch.length > 1) {
+        await Promise.all(batch.map(one));
+        return;
+      }
+      for (const item of batch) item.reject(err);
+      return;
+    }
+    batch.forEach((item, i) => {
+      const outcome = outcomes[i]?.outcome;
+      if (outcome?.case === "result") item.resolve(upToOf(item.kind, outcome.value.state));
+      else if (outcome?.case === "error") {
+        const { code, message, details } = outcome.value;
+        item.reject(parleyErrorFromStatus(code, message, details));
+      } else {
+        item.reject(
+          parleyErrorFromStatus(
+            Status.INTERNAL,
+            "history answered fewer acknowledgements than it was sent",
+            [],
+          ),
+        );
+      }
+    });
+  }
+
+  const flush = () => {
+    scheduled = false;
+    const all = queue;
+    queue = [];
+    for (let i = 0; i < all.length; i += maxPerCall) void send(all.slice(i, i + maxPerCall));
+  };
+
+  return {
+    submit(device, ack) {
+      const request = acknowledgementRequest(device, ack);
+      const acknowledgement = {
+        kind:
+          ack.kind === ReceiptKind.READ
+            ? { case: "read" as const, value: request }
+            : { case: "delivered" as const, value: request },
+      } as Acknowledgement;
+      return new Promise<bigint>((resolve, reject) => {
+        queue.push({ acknowledgement, kind: ack.kind, resolve, reject });
+        if (!scheduled) {
+          scheduled = true;
+          setImmediate(flush);
+        }
+      });
+    },
+  };
+}
+
+/** The MarkDelivered or MarkRead request (same fields) of a device's Ack frame, stamped now. */
+export function acknowledgementRequest(device: DeviceAddress, ack: AckFrame) {
+  const target =
+    ack.target.case === "messageIds"
+      ? { case: "messageIds" as const, value: { messageIds: ack.target.value.messageIds } }
+      : { case: "upToSeq" as const, value: ack.target.value ?? 0n };
+  return { device, conversationId: ack.conversationId, target, at: timestampFromDate(new Date()) };
+}
