@@ -335,6 +335,27 @@ describe("history service over gRPC", () => {
     ).toBe("invalid_argument/VALIDATION_FAILED");
   });
 
+  /**
+   * What bob reading up to seq 3 and carol's device getting message 2 leave: two ReceiptRecorded
+   * (bob's to alice and bob's other devices, carol's to alice), seqs 1-3 out of bob's inbox, and
+   * both receipts in alice's.
+   */
+  async function expectBobReadAndCarolGotOne() {
+    await waitFor(() => receipts.length === 2, "two ReceiptRecorded");
+    expect(receipts.map((r) => [r.receipt?.kind, r.receipt?.upToSeq, r.notifyUserIds])).toEqual([
+      [ReceiptKind.READ, 3n, ["alice", "bob"]],
+      [ReceiptKind.DELIVERED, 0n, ["alice"]],
+    ]);
+    // bob's phone no longer has seqs 1-3; alice's phone has the receipts addressed to her.
+    const inbox = await client.sync({ device: phone("bob") });
+    expect(inbox.items.map((i) => (i.item.case === "message" ? i.item.value.seq : 0n))).toEqual([4n, 5n]);
+    const alice = await client.sync({ device: phone("alice") });
+    expect(alice.items.map((i) => (i.item.case === "receipt" ? i.item.value.reader?.userId : ""))).toEqual([
+      "bob",
+      "carol",
+    ]);
+  }
+
   it("records MarkRead, shows it in GetReceipts, publishes ReceiptRecorded, and clears the inbox", async () => {
     const read = await client.markRead({
       device: phone("bob"),
@@ -401,19 +422,7 @@ describe("history service over gRPC", () => {
       ),
     ).toBe("not_found/MESSAGE_NOT_FOUND");
 
-    await waitFor(() => receipts.length === 2, "two ReceiptRecorded");
-    expect(receipts.map((r) => [r.receipt?.kind, r.receipt?.upToSeq, r.notifyUserIds])).toEqual([
-      [ReceiptKind.READ, 3n, ["alice", "bob"]],
-      [ReceiptKind.DELIVERED, 0n, ["alice"]],
-    ]);
-    // bob's phone no longer has seqs 1-3; alice's phone has the receipts addressed to her.
-    const inbox = await client.sync({ device: phone("bob") });
-    expect(inbox.items.map((i) => (i.item.case === "message" ? i.item.value.seq : 0n))).toEqual([4n, 5n]);
-    const alice = await client.sync({ device: phone("alice") });
-    expect(alice.items.map((i) => (i.item.case === "receipt" ? i.item.value.reader?.userId : ""))).toEqual([
-      "bob",
-      "carol",
-    ]);
+    await expectBobReadAndCarolGotOne();
   });
 
   it("records a RecordAcknowledgements batch as its single calls would, each answered on its own", async () => {
@@ -482,14 +491,8 @@ describe("history service over gRPC", () => {
         parleyErrorFromStatus(refusal.value.code, refusal.value.message, refusal.value.details).reason,
     ).toBe("CONVERSATION_NOT_FOUND");
 
-    // The same state, events and inboxes as the single calls leave (previous test).
-    await waitFor(() => receipts.length === 2, "two ReceiptRecorded");
-    expect(receipts.map((r) => [r.receipt?.kind, r.receipt?.upToSeq, r.notifyUserIds])).toEqual([
-      [ReceiptKind.READ, 3n, ["alice", "bob"]],
-      [ReceiptKind.DELIVERED, 0n, ["alice"]],
-    ]);
-    const inbox = await client.sync({ device: phone("bob") });
-    expect(inbox.items.map((i) => (i.item.case === "message" ? i.item.value.seq : 0n))).toEqual([4n, 5n]);
+    // The same events and inboxes as the single calls leave (previous test).
+    await expectBobReadAndCarolGotOne();
 
     // A request that breaks its rules fails as a whole.
     expect(await grpcFailure(client.recordAcknowledgements({ acknowledgements: [] }))).toBe(
