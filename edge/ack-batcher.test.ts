@@ -9,7 +9,7 @@ import type {
   RecordAcknowledgementsRequest,
 } from "../gen/parley/history/v1/history_service_pb.ts";
 import { notFound, toStatus } from "../lib/errors.ts";
-import { createAcknowledgementBatcher } from "./ack-batcher.ts";
+import { createAcknowledgementBatcher, MAX_MESSAGE_IDS_PER_CALL } from "./ack-batcher.ts";
 
 const conversation = "01a1fe75-706e-704f-a1d8-e7bb1cc12f44";
 const device = (userId: string) => ({ userId, deviceId: "phone" }) as never;
@@ -93,9 +93,12 @@ describe("createAcknowledgementBatcher", () => {
     });
   });
 
-  it("retries a batch refused INVALID_ARGUMENT one acknowledgement per call", async () => {
+  it.each([
+    ["INVALID_ARGUMENT", Status.INVALID_ARGUMENT],
+    ["RESOURCE_EXHAUSTED (too large)", Status.RESOURCE_EXHAUSTED],
+  ])("retries a batch refused %s one acknowledgement per call", async (_, status) => {
     const { calls, history } = recordingHistory({
-      refuseBatch: new ClientError("RecordAcknowledgements", Status.INVALID_ARGUMENT, "bad request"),
+      refuseBatch: new ClientError("RecordAcknowledgements", status, "refused as a whole"),
     });
     const batcher = createAcknowledgementBatcher({ history, deadlineMs: 1_000 });
     const results = await Promise.allSettled([
@@ -120,6 +123,30 @@ describe("createAcknowledgementBatcher", () => {
       { status: "rejected", reason: outage },
     ]);
     expect(calls).toHaveLength(1);
+  });
+
+  it("keeps a call's message ids under MAX_MESSAGE_IDS_PER_CALL, so one client's long lists cannot oversize it", async () => {
+    const { calls, history } = recordingHistory();
+    const batcher = createAcknowledgementBatcher({ history, deadlineMs: 1_000 });
+    const ids = (n: number) => Array.from({ length: n }, () => crypto.randomUUID());
+    const byIds = (n: number): AckFrame =>
+      create(AckFrameSchema, {
+        conversationId: conversation,
+        kind: ReceiptKind.DELIVERED,
+        target: { case: "messageIds", value: { messageIds: ids(n) } },
+      });
+    const half = MAX_MESSAGE_IDS_PER_CALL / 2;
+    await Promise.all([
+      batcher.submit(device("a"), byIds(half)),
+      batcher.submit(device("b"), ack(ReceiptKind.DELIVERED, 1n)),
+      batcher.submit(device("c"), byIds(half)),
+      batcher.submit(device("d"), byIds(1)),
+      batcher.submit(device("e"), ack(ReceiptKind.DELIVERED, 1n)),
+    ]);
+    expect(calls.map((c) => c.users)).toEqual([
+      ["a", "b", "c"],
+      ["d", "e"],
+    ]);
   });
 
   it("splits a turn's acknowledgements into calls of at most maxPerCall", async () => {

@@ -1,4 +1,5 @@
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { context, ROOT_CONTEXT } from "@opentelemetry/api";
 import { Status } from "nice-grpc";
 import type { DeviceAddress } from "../gen/parley/common/v1/address_pb.ts";
 import { ReceiptKind } from "../gen/parley/common/v1/message_pb.ts";
@@ -8,7 +9,7 @@ import type {
   HistoryService,
   MarkDeliveredRequest,
 } from "../gen/parley/history/v1/history_service_pb.ts";
-import { parleyErrorFromStatus } from "../lib/errors.ts";
+import { INTERNAL_ERROR_MESSAGE, parleyErrorFromStatus } from "../lib/errors.ts";
 import type { GrpcCallOptions, GrpcServiceClient } from "../lib/grpc/client.ts";
 import { fromGrpcError } from "../lib/grpc/grpc-error.ts";
 
@@ -31,6 +32,13 @@ type Pending = {
 
 /** The request's rules allow this many per call (history_service.proto). */
 export const MAX_ACKNOWLEDGEMENTS_PER_CALL = 1000;
+/** About 0.4 MB of ids (36-byte UUIDs), far below gRPC's 4 MiB default message limit. */
+export const MAX_MESSAGE_IDS_PER_CALL = 10_000;
+
+function messageIdCount(acknowledgement: Acknowledgement): number {
+  const target = acknowledgement.kind.value?.target;
+  return target?.case === "messageIds" ? target.value.messageIds.length : 0;
+}
 
 /**
  * Gathers the acknowledgements a host's device streams receive within one turn of the event loop
@@ -49,9 +57,9 @@ export function createAcknowledgementBatcher(options: {
   readonly deadlineMs: number;
   readonly maxPerCall?: number;
 }): AcknowledgementBatcher {
-  const maxPerCall = Math.min(
-    options.maxPerCall ?? MAX_ACKNOWLEDGEMENTS_PER_CALL,
-    MAX_ACKNOWLEDGEMENTS_PER_CALL,
+  const maxPerCall = Math.max(
+    1,
+    Math.min(options.maxPerCall ?? MAX_ACKNOWLEDGEMENTS_PER_CALL, MAX_ACKNOWLEDGEMENTS_PER_CALL),
   );
   const callOptions: GrpcCallOptions = { deadline: options.deadlineMs };
   let queue: Pending[] = [];
@@ -81,7 +89,9 @@ export function createAcknowledgementBatcher(options: {
         callOptions,
       ));
     } catch (err) {
-      if (fromGrpcError(err).code === "invalid_argument" && batch.length > 1) {
+      // Refused as a whole for its rules or its size: one call each, so only an offending one fails.
+      const code = fromGrpcError(err).code;
+      if ((code === "invalid_argument" || code === "resource_exhausted") && batch.length > 1) {
         await Promise.all(batch.map(one));
         return;
       }
@@ -98,8 +108,9 @@ export function createAcknowledgementBatcher(options: {
         item.reject(
           parleyErrorFromStatus(
             Status.INTERNAL,
-            "history answered fewer acknowledgements than it was sent",
+            INTERNAL_ERROR_MESSAGE,
             [],
+            new Error("history answered fewer acknowledgements than it was sent"),
           ),
         );
       }
@@ -110,7 +121,25 @@ export function createAcknowledgementBatcher(options: {
     scheduled = false;
     const all = queue;
     queue = [];
-    for (let i = 0; i < all.length; i += maxPerCall) void send(all.slice(i, i + maxPerCall));
+    // Calls of at most maxPerCall acknowledgements and MAX_MESSAGE_IDS_PER_CALL message ids, so one
+    // client's long id lists cannot push a call past the 4 MiB a gRPC message may carry.
+    let batch: Pending[] = [];
+    let ids = 0;
+    const sendBatch = () => {
+      const sending = batch;
+      // Outside the trace of whichever ack came first: the call carries everyone's acks.
+      if (sending.length > 0) void context.with(ROOT_CONTEXT, () => send(sending));
+      batch = [];
+      ids = 0;
+    };
+    for (const item of all) {
+      const itemIds = messageIdCount(item.acknowledgement);
+      if (batch.length >= maxPerCall || (batch.length > 0 && ids + itemIds > MAX_MESSAGE_IDS_PER_CALL))
+        sendBatch();
+      batch.push(item);
+      ids += itemIds;
+    }
+    sendBatch();
   };
 
   return {

@@ -93,6 +93,7 @@ export function createGroupCommit(
     const batch = queue.length > maxBatch ? queue.splice(0, maxBatch) : queue;
     if (batch === queue) queue = [];
     if (queue.length > 0) schedule();
+    if (batch.length === 0) return; // flushNow took them
     const outcomes: ({ ok: true; value: unknown } | { ok: false; error: unknown })[] = [];
     try {
       db.exec("BEGIN IMMEDIATE");
@@ -107,15 +108,25 @@ export function createGroupCommit(
           outcomes.push({ ok: true, value: item.work() });
           db.exec("RELEASE group_commit_work");
         } catch (error) {
-          db.exec("ROLLBACK TO group_commit_work");
-          db.exec("RELEASE group_commit_work");
+          try {
+            db.exec("ROLLBACK TO group_commit_work");
+            db.exec("RELEASE group_commit_work");
+          } catch {
+            // SQLite ended the whole transaction (disk full, I/O error): fail the batch with the
+            // write's own error, not the missing savepoint's.
+            throw error;
+          }
           outcomes.push({ ok: false, error });
         }
       }
       db.exec("COMMIT");
     } catch (error) {
       // The transaction itself failed (COMMIT, or a savepoint statement): nothing of it is kept.
-      if (db.isTransaction) db.exec("ROLLBACK");
+      try {
+        if (db.isTransaction) db.exec("ROLLBACK");
+      } catch {
+        // Already rolled back by SQLite; the callers get the error that ended it.
+      }
       for (const item of batch) item.reject(error);
       return;
     }

@@ -100,18 +100,16 @@ export function createHistoryHandlers(
     },
 
     async recordAcknowledgements(request) {
+      // protovalidate requires each kind; this narrows the type before any of them is recorded.
+      const kinds = request.acknowledgements.map(({ kind }) => {
+        if (kind.case === undefined) {
+          throw invalidArgument("VALIDATION_FAILED", "acknowledgements[].kind is required");
+        }
+        return kind;
+      });
       // Side by side, so their store writes share one commit (the SQLite store's group commit, the
-      // Cassandra store's concurrent writes); each is recorded exactly as its own call would be.
-      const outcomes = await Promise.all(
-        request.acknowledgements.map(async ({ kind }) => {
-          if (kind.case === undefined) {
-            // protovalidate requires the oneof; this narrows the type.
-            throw invalidArgument("VALIDATION_FAILED", "acknowledgements[].kind is required");
-          }
-          return acknowledgementOutcome(kind);
-        }),
-      );
-      return { outcomes };
+      // Cassandra store's concurrent writes); each is recorded as its own call would record it.
+      return { outcomes: await Promise.all(kinds.map(acknowledgementOutcome)) };
     },
 
     async getReceipts(request) {

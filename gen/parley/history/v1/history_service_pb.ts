@@ -426,7 +426,7 @@ export const MarkReadResponseSchema: GenMessage<MarkReadResponse> = /*@__PURE__*
  */
 export type RecordAcknowledgementsRequest = Message<"parley.history.v1.RecordAcknowledgementsRequest"> & {
   /**
-   * In the order they are recorded; several may come from the same device.
+   * Acknowledgements of any devices and conversations.
    *
    * @generated from field: repeated parley.history.v1.Acknowledgement acknowledgements = 1;
    */
@@ -809,8 +809,10 @@ export const HistoryService: GenService<{
    * MarkDelivered and MarkRead for many devices in one call: the edge gathers the acknowledgements
    * its device streams receive within one turn of its event loop (a 1,000-member group's members
    * all acknowledge the same message at once). Each acknowledgement is recorded and answered on its
-   * own, as its single call would be, in the order given; one that fails does not fail the others.
-   * A request that breaks its rules fails as a whole (INVALID_ARGUMENT). Idempotent.
+   * own, as its single call would be (they are recorded side by side, so in no guaranteed order:
+   * send one device's acknowledgements of one conversation in separate calls, one after another);
+   * one that fails does not fail the others. A request that breaks its rules fails as a whole
+   * (INVALID_ARGUMENT). Idempotent.
    *
    * @generated from rpc parley.history.v1.HistoryService.RecordAcknowledgements
    */
