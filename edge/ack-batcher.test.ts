@@ -8,7 +8,7 @@ import type {
   MarkDeliveredRequest,
   RecordAcknowledgementsRequest,
 } from "../gen/parley/history/v1/history_service_pb.ts";
-import { notFound, toStatus } from "../lib/errors.ts";
+import { notFound, toStatus, unavailable } from "../lib/errors.ts";
 import { createAcknowledgementBatcher, MAX_MESSAGE_IDS_PER_CALL } from "./ack-batcher.ts";
 
 const conversation = "01a1fe75-706e-704f-a1d8-e7bb1cc12f44";
@@ -21,7 +21,7 @@ const ack = (kind: ReceiptKind, upTo: bigint): AckFrame =>
  * request (delivered = up_to_seq, read = up_to_seq + 100), refuses user "mallory" NOT_FOUND, and
  * records what it was called with.
  */
-function recordingHistory(options: { refuseBatch?: Error } = {}) {
+function recordingHistory(options: { refuseBatch?: Error; unavailableFor?: string } = {}) {
   const calls: { method: string; users: string[] }[] = [];
   const state = (request: MarkDeliveredRequest) => {
     const upTo = request.target.case === "upToSeq" ? request.target.value : 0n;
@@ -44,6 +44,11 @@ function recordingHistory(options: { refuseBatch?: Error } = {}) {
         return {
           outcomes: request.acknowledgements.map(({ kind }) => {
             const value = kind.value as MarkDeliveredRequest;
+            if (value.device?.userId === options.unavailableFor) {
+              return {
+                outcome: { case: "error", value: toStatus(unavailable("STORE_UNAVAILABLE", "busy")) },
+              };
+            }
             return value.device?.userId === "mallory"
               ? {
                   outcome: {
@@ -75,6 +80,20 @@ describe("createAcknowledgementBatcher", () => {
     // A later turn makes a call of its own.
     await batcher.submit(device("erin"), ack(ReceiptKind.DELIVERED, 1n));
     expect(calls.map((c) => c.users)).toEqual([["bob", "carol", "dave"], ["erin"]]);
+  });
+
+  it("retries an acknowledgement answered UNAVAILABLE in the batch with a call of its own, as a single call is retried", async () => {
+    const { calls, history } = recordingHistory({ unavailableFor: "bob" });
+    const batcher = createAcknowledgementBatcher({ history, deadlineMs: 1_000 });
+    const answers = await Promise.all([
+      batcher.submit(device("bob"), ack(ReceiptKind.DELIVERED, 3n)),
+      batcher.submit(device("carol"), ack(ReceiptKind.DELIVERED, 4n)),
+    ]);
+    expect(answers).toEqual([3n, 4n]);
+    expect(calls).toEqual([
+      { method: "RecordAcknowledgements", users: ["bob", "carol"] },
+      { method: "MarkDelivered", users: ["bob"] },
+    ]);
   });
 
   it("fails only the acknowledgement history refused, with history's error", async () => {

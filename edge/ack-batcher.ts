@@ -103,7 +103,9 @@ export function createAcknowledgementBatcher(options: {
       if (outcome?.case === "result") item.resolve(upToOf(item.kind, outcome.value.state));
       else if (outcome?.case === "error") {
         const { code, message, details } = outcome.value;
-        item.reject(parleyErrorFromStatus(code, message, details));
+        // A single call is retried on UNAVAILABLE (it is IDEMPOTENT): so is a batched one, alone.
+        if (code === Status.UNAVAILABLE) void one(item);
+        else item.reject(parleyErrorFromStatus(code, message, details));
       } else {
         item.reject(
           parleyErrorFromStatus(
