@@ -25,7 +25,6 @@ export type AcknowledgementBatcher = {
 
 type Pending = {
   readonly acknowledgement: Acknowledgement;
-  readonly kind: ReceiptKind;
   readonly resolve: (upTo: bigint) => void;
   readonly reject: (err: unknown) => void;
 };
@@ -65,17 +64,9 @@ export function createAcknowledgementBatcher(options: {
   let queue: Pending[] = [];
   let scheduled = false;
 
-  const upToOf = (kind: ReceiptKind, state: { deliveredUpToSeq: bigint; readUpToSeq: bigint } | undefined) =>
-    (kind === ReceiptKind.READ ? state?.readUpToSeq : state?.deliveredUpToSeq) ?? 0n;
-
   async function one(item: Pending): Promise<void> {
     try {
-      const { kind } = item.acknowledgement;
-      const response =
-        kind.case === "read"
-          ? await options.history.markRead(kind.value, callOptions)
-          : await options.history.markDelivered(kind.value as MarkDeliveredRequest, callOptions);
-      item.resolve(upToOf(item.kind, response.state));
+      item.resolve(await recordAlone(options.history, item.acknowledgement, callOptions));
     } catch (err) {
       item.reject(err);
     }
@@ -100,7 +91,7 @@ export function createAcknowledgementBatcher(options: {
     }
     batch.forEach((item, i) => {
       const outcome = outcomes[i]?.outcome;
-      if (outcome?.case === "result") item.resolve(upToOf(item.kind, outcome.value.state));
+      if (outcome?.case === "result") item.resolve(watermarkOf(item.acknowledgement, outcome.value.state));
       else if (outcome?.case === "error") {
         const { code, message, details } = outcome.value;
         // A single call is retried on UNAVAILABLE (it is IDEMPOTENT): so is a batched one, alone.
@@ -146,15 +137,9 @@ export function createAcknowledgementBatcher(options: {
 
   return {
     submit(device, ack) {
-      const request = acknowledgementRequest(device, ack);
-      const acknowledgement = {
-        kind:
-          ack.kind === ReceiptKind.READ
-            ? { case: "read" as const, value: request }
-            : { case: "delivered" as const, value: request },
-      } as Acknowledgement;
+      const acknowledgement = toAcknowledgement(device, ack);
       return new Promise<bigint>((resolve, reject) => {
-        queue.push({ acknowledgement, kind: ack.kind, resolve, reject });
+        queue.push({ acknowledgement, resolve, reject });
         if (!scheduled) {
           scheduled = true;
           setImmediate(flush);
@@ -164,11 +149,42 @@ export function createAcknowledgementBatcher(options: {
   };
 }
 
-/** The MarkDelivered or MarkRead request (same fields) of a device's Ack frame, stamped now. */
-export function acknowledgementRequest(device: DeviceAddress, ack: AckFrame) {
+/** A device's Ack frame as history's Acknowledgement (MarkDelivered or MarkRead request), stamped now. */
+export function toAcknowledgement(device: DeviceAddress, ack: AckFrame): Acknowledgement {
   const target =
     ack.target.case === "messageIds"
       ? { case: "messageIds" as const, value: { messageIds: ack.target.value.messageIds } }
       : { case: "upToSeq" as const, value: ack.target.value ?? 0n };
-  return { device, conversationId: ack.conversationId, target, at: timestampFromDate(new Date()) };
+  const request = { device, conversationId: ack.conversationId, target, at: timestampFromDate(new Date()) };
+  return {
+    kind:
+      ack.kind === ReceiptKind.READ
+        ? { case: "read" as const, value: request }
+        : { case: "delivered" as const, value: request },
+  } as Acknowledgement;
+}
+
+/**
+ * Records one acknowledgement with a MarkDelivered or MarkRead call of its own; resolves with the
+ * user's watermark of its kind.
+ */
+export async function recordAlone(
+  history: Pick<GrpcServiceClient<typeof HistoryService>, "markDelivered" | "markRead">,
+  acknowledgement: Acknowledgement,
+  callOptions: GrpcCallOptions,
+): Promise<bigint> {
+  const { kind } = acknowledgement;
+  const response =
+    kind.case === "read"
+      ? await history.markRead(kind.value, callOptions)
+      : await history.markDelivered(kind.value as MarkDeliveredRequest, callOptions);
+  return watermarkOf(acknowledgement, response.state);
+}
+
+/** The watermark an acknowledgement moves: read for a read, delivered otherwise. */
+function watermarkOf(
+  acknowledgement: Acknowledgement,
+  state: { readonly deliveredUpToSeq: bigint; readonly readUpToSeq: bigint } | undefined,
+): bigint {
+  return (acknowledgement.kind.case === "read" ? state?.readUpToSeq : state?.deliveredUpToSeq) ?? 0n;
 }

@@ -32,7 +32,7 @@ import type { GrpcCallOptions } from "../lib/grpc/client.ts";
 import { validateMessage } from "../lib/grpc/validation.ts";
 import type { Logger } from "../lib/logging.ts";
 import { FORCE_TRACE_ATTRIBUTE } from "../lib/telemetry.ts";
-import { acknowledgementRequest, createAcknowledgementBatcher } from "./ack-batcher.ts";
+import { createAcknowledgementBatcher, recordAlone, toAcknowledgement } from "./ack-batcher.ts";
 import { authenticatedCaller, callingDevice } from "./auth/interceptor.ts";
 import { serveFrames } from "./frame-writer.ts";
 import type { HostDirectory } from "./host-directory.ts";
@@ -271,12 +271,8 @@ function createSessionCalls(clients: SessionServiceOptions["clients"]) {
         callOptions,
       );
     },
-    async ack(device: DeviceAddress, ack: Acknowledgement, callOptions: GrpcCallOptions): Promise<bigint> {
-      const request = acknowledgementRequest(device, ack);
-      if (ack.kind === ReceiptKind.READ) {
-        return (await clients.history.markRead(request, callOptions)).state?.readUpToSeq ?? 0n;
-      }
-      return (await clients.history.markDelivered(request, callOptions)).state?.deliveredUpToSeq ?? 0n;
+    ack(device: DeviceAddress, ack: Acknowledgement, callOptions: GrpcCallOptions): Promise<bigint> {
+      return recordAlone(clients.history, toAcknowledgement(device, ack), callOptions);
     },
     /** The same as `ack`, in a RecordAcknowledgements call shared with the other streams' acks. */
     ackInBatch: (device: DeviceAddress, ack: Acknowledgement) => acknowledgements.submit(device, ack),
