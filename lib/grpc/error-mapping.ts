@@ -1,4 +1,5 @@
 import type { CallContext, ServerMiddleware, ServerMiddlewareCall } from "nice-grpc";
+import type { ParleyError } from "../errors.ts";
 import { isUnexpectedError } from "../errors.ts";
 import type { Logger } from "../logging.ts";
 import { GrpcStatusError, STATUS_DETAILS_KEY, toGrpcError } from "./grpc-error.ts";
@@ -19,15 +20,19 @@ export function createErrorMappingMiddleware(logger: Logger): ServerMiddleware {
       }
       const mapped = toGrpcError(err);
       if (mapped instanceof GrpcStatusError) {
-        if (isUnexpectedError(mapped.parleyError)) {
-          logger.error(
-            { err: mapped.parleyError.cause ?? mapped.parleyError, method: call.method.path },
-            "unexpected error in handler",
-          );
-        }
+        logIfUnexpected(mapped.parleyError, logger, call.method.path);
         context.trailer.set(STATUS_DETAILS_KEY, mapped.statusDetails);
       }
       throw mapped;
     }
   };
+}
+
+/**
+ * Logs, with its cause, an error a handler of `method` answers with when it is a bug or an outage
+ * rather than an expected answer; the cause never reaches the caller. For errors answered inside a
+ * response (a batch's per-item outcomes) as well as for those the middleware maps.
+ */
+export function logIfUnexpected(err: ParleyError, logger: Logger, method: string): void {
+  if (isUnexpectedError(err)) logger.error({ err: err.cause ?? err, method }, "unexpected error in handler");
 }

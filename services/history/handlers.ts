@@ -5,16 +5,20 @@ import type { DeviceAddress } from "../../gen/parley/common/v1/address_pb.ts";
 import { SeqOrder } from "../../gen/parley/history/v1/history_pb.ts";
 import type {
   AcknowledgementOutcomeSchema,
-  HistoryService,
   MarkDeliveredRequest,
   MarkReadRequest,
 } from "../../gen/parley/history/v1/history_service_pb.ts";
-import { invalidArgument, isUnexpectedError, toParleyError, toStatus } from "../../lib/errors.ts";
+import { HistoryService } from "../../gen/parley/history/v1/history_service_pb.ts";
+import { invalidArgument, toParleyError, toStatus } from "../../lib/errors.ts";
+import { logIfUnexpected } from "../../lib/grpc/error-mapping.ts";
 import type { GrpcServiceImplementation } from "../../lib/grpc/service-definition.ts";
 import type { Logger } from "../../lib/logging.ts";
 import { messageProto, receiptProto } from "./domain/events.ts";
 import type { History, MarkCommand } from "./domain/history.ts";
 import type { DeviceRef, ReceiptState } from "./domain/model.ts";
+
+/** The method path the error mapping logs for a whole call, for the errors of a batch's items. */
+const RECORD_ACKNOWLEDGEMENTS_PATH = `/${HistoryService.typeName}/${HistoryService.method.recordAcknowledgements.name}`;
 
 /** HistoryService over the history use cases: protobuf in, domain command, protobuf out. */
 export function createHistoryHandlers(
@@ -37,12 +41,7 @@ export function createHistoryHandlers(
       };
     } catch (err) {
       const parley = toParleyError(err);
-      if (isUnexpectedError(parley)) {
-        logger.error(
-          { err: parley.cause ?? parley, method: "RecordAcknowledgements" },
-          "unexpected error in handler",
-        );
-      }
+      logIfUnexpected(parley, logger, RECORD_ACKNOWLEDGEMENTS_PATH);
       return { outcome: { case: "error", value: toStatus(parley) } };
     }
   }
