@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
+import { context, type Span, trace } from "@opentelemetry/api";
 import { ClientError, Status } from "nice-grpc";
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ReceiptKind } from "../gen/parley/common/v1/message_pb.ts";
 import type { Acknowledgement as AckFrame } from "../gen/parley/edge/v1/frames_pb.ts";
 import { AcknowledgementSchema as AckFrameSchema } from "../gen/parley/edge/v1/frames_pb.ts";
@@ -9,7 +10,18 @@ import type {
   RecordAcknowledgementsRequest,
 } from "../gen/parley/history/v1/history_service_pb.ts";
 import { notFound, toStatus, unavailable } from "../lib/errors.ts";
+import type { StopTelemetry } from "../lib/telemetry.ts";
+import { startTelemetry } from "../lib/telemetry.ts";
 import { createAcknowledgementBatcher, MAX_MESSAGE_IDS_PER_CALL } from "./ack-batcher.ts";
+
+let stopTelemetry: StopTelemetry;
+beforeAll(() => {
+  stopTelemetry = startTelemetry({ serviceName: "ack-batcher-test" });
+});
+afterAll(async () => {
+  await stopTelemetry();
+});
+const tracer = trace.getTracer("ack-batcher-test");
 
 const conversation = "01a1fe75-706e-704f-a1d8-e7bb1cc12f44";
 const device = (userId: string) => ({ userId, deviceId: "phone" }) as never;
@@ -22,13 +34,17 @@ const ack = (kind: ReceiptKind, upTo: bigint): AckFrame =>
  * records what it was called with.
  */
 function recordingHistory(options: { refuseBatch?: Error; unavailableFor?: string } = {}) {
-  const calls: { method: string; users: string[] }[] = [];
+  const calls: { method: string; users: string[]; traceparents?: string[]; activeSpanId?: string }[] = [];
   const state = (request: MarkDeliveredRequest) => {
     const upTo = request.target.case === "upToSeq" ? request.target.value : 0n;
     return { deliveredUpToSeq: upTo, readUpToSeq: upTo + 100n };
   };
   const single = (method: string) => async (request: MarkDeliveredRequest) => {
-    calls.push({ method, users: [request.device?.userId ?? ""] });
+    calls.push({
+      method,
+      users: [request.device?.userId ?? ""],
+      activeSpanId: trace.getActiveSpan()?.spanContext().spanId,
+    });
     if (request.device?.userId === "mallory") throw new ClientError(method, Status.NOT_FOUND, "not a member");
     return { recorded: true, state: state(request) } as never;
   };
@@ -39,6 +55,8 @@ function recordingHistory(options: { refuseBatch?: Error; unavailableFor?: strin
         calls.push({
           method: "RecordAcknowledgements",
           users: request.acknowledgements.map((a) => a.kind.value?.device?.userId ?? ""),
+          traceparents: request.acknowledgements.map((a) => a.traceparent),
+          activeSpanId: trace.getActiveSpan()?.spanContext().spanId,
         });
         if (options.refuseBatch !== undefined) throw options.refuseBatch;
         return {
@@ -76,7 +94,9 @@ describe("createAcknowledgementBatcher", () => {
       batcher.submit(device("dave"), ack(ReceiptKind.DELIVERED, 5n)),
     ]);
     expect(answers).toEqual([3n, 104n, 5n]);
-    expect(calls).toEqual([{ method: "RecordAcknowledgements", users: ["bob", "carol", "dave"] }]);
+    expect(calls.map(({ method, users }) => ({ method, users }))).toEqual([
+      { method: "RecordAcknowledgements", users: ["bob", "carol", "dave"] },
+    ]);
     // A later turn makes a call of its own.
     await batcher.submit(device("erin"), ack(ReceiptKind.DELIVERED, 1n));
     expect(calls.map((c) => c.users)).toEqual([["bob", "carol", "dave"], ["erin"]]);
@@ -90,7 +110,7 @@ describe("createAcknowledgementBatcher", () => {
       batcher.submit(device("carol"), ack(ReceiptKind.DELIVERED, 4n)),
     ]);
     expect(answers).toEqual([3n, 4n]);
-    expect(calls).toEqual([
+    expect(calls.map(({ method, users }) => ({ method, users }))).toEqual([
       { method: "RecordAcknowledgements", users: ["bob", "carol"] },
       { method: "MarkDelivered", users: ["bob"] },
     ]);
@@ -165,6 +185,63 @@ describe("createAcknowledgementBatcher", () => {
     expect(calls.map((c) => c.users)).toEqual([
       ["a", "b", "c"],
       ["d", "e"],
+    ]);
+  });
+
+  it("gives a traced acknowledgement its span's traceparent and sends the call outside every ack's trace", async () => {
+    const { calls, history } = recordingHistory();
+    const batcher = createAcknowledgementBatcher({ history, deadlineMs: 1_000 });
+    const traced = tracer.startSpan("bob's ack");
+    // What an ack span left out by the sampler is: a span context, nothing recorded.
+    const unsampled = trace.wrapSpanContext({
+      traceId: "1".repeat(32),
+      spanId: "2".repeat(16),
+      traceFlags: 0,
+    });
+    const submitIn = (span: Span, user: string) =>
+      context.with(trace.setSpan(context.active(), span), () =>
+        batcher.submit(device(user), ack(ReceiptKind.DELIVERED, 1n)),
+      );
+    await Promise.all([
+      submitIn(traced, "bob"),
+      submitIn(unsampled, "carol"),
+      batcher.submit(device("dave"), ack(ReceiptKind.DELIVERED, 1n)),
+    ]);
+    traced.end();
+    unsampled.end();
+    const { traceId, spanId } = traced.spanContext();
+    expect(calls).toEqual([
+      {
+        method: "RecordAcknowledgements",
+        users: ["bob", "carol", "dave"],
+        traceparents: [`00-${traceId}-${spanId}-01`, "", ""],
+        activeSpanId: undefined,
+      },
+    ]);
+  });
+
+  it("retries the acknowledgements of a refused batch each in its submitter's trace", async () => {
+    const { calls, history } = recordingHistory({
+      refuseBatch: new ClientError("RecordAcknowledgements", Status.INVALID_ARGUMENT, "refused as a whole"),
+    });
+    const batcher = createAcknowledgementBatcher({ history, deadlineMs: 1_000 });
+    const bobs = tracer.startSpan("bob's ack");
+    const carols = tracer.startSpan("carol's ack");
+    await Promise.all(
+      [
+        [bobs, "bob"],
+        [carols, "carol"],
+      ].map(([span, user]) =>
+        context.with(trace.setSpan(context.active(), span as Span), () =>
+          batcher.submit(device(user as string), ack(ReceiptKind.DELIVERED, 1n)),
+        ),
+      ),
+    );
+    bobs.end();
+    carols.end();
+    expect(calls.slice(1).map(({ users, activeSpanId }) => ({ users, activeSpanId }))).toEqual([
+      { users: ["bob"], activeSpanId: bobs.spanContext().spanId },
+      { users: ["carol"], activeSpanId: carols.spanContext().spanId },
     ]);
   });
 

@@ -1,5 +1,5 @@
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { context, ROOT_CONTEXT } from "@opentelemetry/api";
+import { type Context, context, propagation, ROOT_CONTEXT, trace } from "@opentelemetry/api";
 import { Status } from "nice-grpc";
 import type { DeviceAddress } from "../gen/parley/common/v1/address_pb.ts";
 import { ReceiptKind } from "../gen/parley/common/v1/message_pb.ts";
@@ -25,6 +25,8 @@ export type AcknowledgementBatcher = {
 
 type Pending = {
   readonly acknowledgement: Acknowledgement;
+  /** The submitter's context: a call of the acknowledgement's own runs in it. */
+  readonly context: Context;
   readonly resolve: (upTo: bigint) => void;
   readonly reject: (err: unknown) => void;
 };
@@ -66,7 +68,9 @@ export function createAcknowledgementBatcher(options: {
 
   async function one(item: Pending): Promise<void> {
     try {
-      item.resolve(await recordAlone(options.history, item.acknowledgement, callOptions));
+      // In the submitter's trace, where the batch item it stands in for would have been.
+      const record = () => recordAlone(options.history, item.acknowledgement, callOptions);
+      item.resolve(await context.with(item.context, record));
     } catch (err) {
       item.reject(err);
     }
@@ -137,9 +141,10 @@ export function createAcknowledgementBatcher(options: {
 
   return {
     submit(device, ack) {
-      const acknowledgement = toAcknowledgement(device, ack);
+      const submittedIn = context.active();
+      const acknowledgement = toAcknowledgement(device, ack, traceparentOf(submittedIn));
       return new Promise<bigint>((resolve, reject) => {
-        queue.push({ acknowledgement, resolve, reject });
+        queue.push({ acknowledgement, context: submittedIn, resolve, reject });
         if (!scheduled) {
           scheduled = true;
           setImmediate(flush);
@@ -149,8 +154,19 @@ export function createAcknowledgementBatcher(options: {
   };
 }
 
+/**
+ * The W3C traceparent of the context's span when it is recorded (a traced acknowledgement carries
+ * it, so history's work on it joins its trace), else empty.
+ */
+function traceparentOf(ctx: Context): string {
+  if (trace.getSpan(ctx)?.isRecording() !== true) return "";
+  const carrier: { traceparent?: string } = {};
+  propagation.inject(ctx, carrier);
+  return carrier.traceparent ?? "";
+}
+
 /** A device's Ack frame as history's Acknowledgement (MarkDelivered or MarkRead request), stamped now. */
-export function toAcknowledgement(device: DeviceAddress, ack: AckFrame): Acknowledgement {
+export function toAcknowledgement(device: DeviceAddress, ack: AckFrame, traceparent = ""): Acknowledgement {
   const target =
     ack.target.case === "messageIds"
       ? { case: "messageIds" as const, value: { messageIds: ack.target.value.messageIds } }
@@ -161,6 +177,7 @@ export function toAcknowledgement(device: DeviceAddress, ack: AckFrame): Acknowl
       ack.kind === ReceiptKind.READ
         ? { case: "read" as const, value: request }
         : { case: "delivered" as const, value: request },
+    traceparent,
   } as Acknowledgement;
 }
 

@@ -431,11 +431,9 @@ function createFrameReader(
         run(`ack:${ack.conversationId}`, () =>
           inFrameSpan("ack", attributes, links, async (span) => {
             try {
-              // A traced ack keeps a call of its own, so its trace shows history's work under it;
-              // the others share a call with the acks other streams received in the same turn.
-              const upTo = span.isRecording()
-                ? await calls.ack(device, ack, { ...callOptions, deadline: ACK_DEADLINE_MS })
-                : await calls.ackInBatch(device, ack);
+              // Shares a call with the acks other streams received in the same turn; a traced one
+              // carries its span's context, so history's work on it still shows under this span.
+              const upTo = await calls.ackInBatch(device, ack);
               span.setAttribute("parley.receipt.state_up_to_seq", Number(upTo));
             } catch (err) {
               const status = statusOf(err, ctx, ackRoute(ack));

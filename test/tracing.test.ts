@@ -202,13 +202,27 @@ describe("tracing a message end to end", () => {
       expect(ack.attributes["parley.conversation_id"]).toBe(groupId);
       const link = ack.links.find((l) => l.context.traceId === traceId);
       expect(link?.attributes?.["parley.message_id"]).toBe(messageId);
-      const marked = spans().filter(
-        (s) =>
-          traceOf(s) === traceOf(ack) &&
-          s.name === "parley.history.v1.HistoryService/MarkDelivered" &&
-          s.kind === SpanKind.SERVER,
+      // The ack shared a RecordAcknowledgements call; history recorded it in a span of its own,
+      // under the ack's span, and the receipt it published continued the ack's trace.
+      const marked = one(
+        spans().filter(
+          (s) =>
+            traceOf(s) === traceOf(ack) &&
+            s.name === "parley.history.v1.HistoryService/RecordAcknowledgements delivered" &&
+            s.kind === SpanKind.SERVER,
+        ),
+        `${user.userId}'s acknowledgement recorded by history in the ack's trace`,
       );
-      expect(marked.length, `${user.userId}'s MarkDelivered in the ack's trace`).toBeGreaterThan(0);
+      expect(parentOf(marked)?.spanId).toBe(ack.spanContext().spanId);
+      expect(marked.attributes["parley.conversation_id"]).toBe(groupId);
+      await until(`${user.userId}'s receipt published in the ack's trace`, () =>
+        spans().some(
+          (s) =>
+            traceOf(s) === traceOf(ack) &&
+            s.kind === SpanKind.PRODUCER &&
+            parentOf(s)?.spanId === marked.spanContext().spanId,
+        ),
+      );
     }
 
     // The ciphertext (readable here) is in no attribute of any span, anywhere.

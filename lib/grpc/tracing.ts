@@ -1,5 +1,13 @@
 import type { Context, Span, TextMapGetter, TextMapSetter } from "@opentelemetry/api";
-import { context as otelContext, propagation, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import {
+  type Attributes,
+  context as otelContext,
+  propagation,
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+} from "@opentelemetry/api";
 import type {
   CallContext,
   CallOptions,
@@ -124,6 +132,50 @@ export const serverTracingMiddleware: ServerMiddleware = async function* serverT
     endSpan(span, code, true, message);
   }
 };
+
+/**
+ * Runs one item of a batch call (requests of several callers in one call) in a SERVER span
+ * `<service>/<method> <item>` whose parent is the item's own `traceparent`, as its own call's span
+ * would be: the item's work, logs and the events it causes continue its caller's trace, and the
+ * batch call's span (linked) keeps only the batch. An item without a traceparent runs in the batch
+ * call's context and gets no span of its own. `codeOf` reads the item's gRPC status from its result
+ * (an item fails in its result, not by throwing).
+ */
+export async function inBatchItemSpan<T>(
+  item: {
+    readonly path: string;
+    readonly name: string;
+    readonly traceparent: string;
+    readonly attributes?: Attributes;
+  },
+  run: () => Promise<T>,
+  codeOf: (result: T) => { readonly code: Status; readonly message?: string },
+): Promise<T> {
+  if (item.traceparent === "") return run();
+  const batch = trace.getActiveSpan()?.spanContext();
+  const parent = propagation.extract(ROOT_CONTEXT, { traceparent: item.traceparent });
+  const span = tracer.startSpan(
+    `${item.path.slice(1)} ${item.name}`,
+    {
+      kind: SpanKind.SERVER,
+      attributes: { ...spanAttributes(item.path), ...item.attributes },
+      links:
+        batch === undefined || !trace.isSpanContextValid(batch)
+          ? []
+          : [{ context: batch, attributes: { "parley.link.kind": "batch" } }],
+    },
+    parent,
+  );
+  let code = Status.UNKNOWN;
+  let message: string | undefined;
+  try {
+    const result = await otelContext.with(trace.setSpan(parent, span), run);
+    ({ code, message } = codeOf(result));
+    return result;
+  } finally {
+    endSpan(span, code, true, message);
+  }
+}
 
 /** Starts a client span per call and sends it as `traceparent`, so the server joins the trace. */
 export const clientTracingMiddleware: ClientMiddleware = async function* clientTracing<Req, Res>(

@@ -1,6 +1,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { context, propagation } from "@opentelemetry/api";
+import { Status } from "nice-grpc";
 import type { DeviceAddress } from "../../gen/parley/common/v1/address_pb.ts";
 import { SeqOrder } from "../../gen/parley/history/v1/history_pb.ts";
 import type {
@@ -12,6 +13,7 @@ import { HistoryService } from "../../gen/parley/history/v1/history_service_pb.t
 import { invalidArgument, toParleyError, toStatus } from "../../lib/errors.ts";
 import { logIfUnexpected } from "../../lib/grpc/error-mapping.ts";
 import type { GrpcServiceImplementation } from "../../lib/grpc/service-definition.ts";
+import { inBatchItemSpan } from "../../lib/grpc/tracing.ts";
 import type { Logger } from "../../lib/logging.ts";
 import { messageProto, receiptProto } from "./domain/events.ts";
 import type { History, MarkCommand } from "./domain/history.ts";
@@ -20,16 +22,41 @@ import type { DeviceRef, ReceiptState } from "./domain/model.ts";
 /** The method path the error mapping logs for a whole call, for the errors of a batch's items. */
 const RECORD_ACKNOWLEDGEMENTS_PATH = `/${HistoryService.typeName}/${HistoryService.method.recordAcknowledgements.name}`;
 
+type AcknowledgementOutcome = MessageInitShape<typeof AcknowledgementOutcomeSchema>;
+
 /** HistoryService over the history use cases: protobuf in, domain command, protobuf out. */
 export function createHistoryHandlers(
   history: History,
   logger: Logger,
 ): GrpcServiceImplementation<typeof HistoryService> {
   /** One acknowledgement of a batch, answered as its own call would be (errors as the error mapping sends them). */
-  async function acknowledgementOutcome(acknowledgement: {
+  async function acknowledgementOutcome(
+    acknowledgement: {
+      readonly case: "delivered" | "read";
+      readonly value: MarkDeliveredRequest | MarkReadRequest;
+    },
+    traceparent: string,
+  ): Promise<AcknowledgementOutcome> {
+    // Under the ack's own trace when it has one, so the receipt event continues that trace.
+    return inBatchItemSpan(
+      {
+        path: RECORD_ACKNOWLEDGEMENTS_PATH,
+        name: acknowledgement.case,
+        traceparent,
+        attributes: { "parley.conversation_id": acknowledgement.value.conversationId },
+      },
+      () => recordAcknowledgement(acknowledgement),
+      ({ outcome }) =>
+        outcome?.case === "error"
+          ? { code: outcome.value?.code ?? Status.UNKNOWN, message: outcome.value?.message }
+          : { code: Status.OK },
+    );
+  }
+
+  async function recordAcknowledgement(acknowledgement: {
     readonly case: "delivered" | "read";
     readonly value: MarkDeliveredRequest | MarkReadRequest;
-  }): Promise<MessageInitShape<typeof AcknowledgementOutcomeSchema>> {
+  }): Promise<AcknowledgementOutcome> {
     try {
       const command = markCommand(acknowledgement.value);
       const result =
@@ -108,7 +135,13 @@ export function createHistoryHandlers(
       });
       // Side by side, so their store writes share one commit (the SQLite store's group commit, the
       // Cassandra store's concurrent writes); each is recorded as its own call would record it.
-      return { outcomes: await Promise.all(kinds.map(acknowledgementOutcome)) };
+      return {
+        outcomes: await Promise.all(
+          kinds.map((kind, i) =>
+            acknowledgementOutcome(kind, request.acknowledgements[i]?.traceparent ?? ""),
+          ),
+        ),
+      };
     },
 
     async getReceipts(request) {

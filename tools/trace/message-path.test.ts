@@ -107,7 +107,7 @@ function world() {
       { traceId: TRACE, spanId: send.spanId, attributes: { "parley.message_id": MESSAGE } },
     ],
   });
-  const marked = span("parley.history.v1.HistoryService/MarkDelivered", {
+  const marked = span("parley.history.v1.HistoryService/RecordAcknowledgements delivered", {
     trace: "b".repeat(32),
     kind: "SERVER",
     parent: ack,
@@ -173,7 +173,9 @@ describe("a message's path from spans", () => {
     expect(text).toMatch(/\+5\.0ms\s+3\.0ms {8}history {4}process chat\.messages {2}\(consumer, seq 7\)/);
     expect(text).toContain("  +10.0ms  1/1 devices pushed: bob/phone");
     expect(text).toContain(`  bob/phone delivered at +40.0ms (trace ${"b".repeat(32)})`);
-    expect(text).toMatch(/\+42\.0ms\s+1\.0ms {8}history {4}HistoryService\/MarkDelivered {2}\(server\)/);
+    expect(text).toMatch(
+      /\+42\.0ms\s+1\.0ms {8}history {4}HistoryService\/RecordAcknowledgements delivered {2}\(server\)/,
+    );
     expect(text).not.toContain("carol");
   });
 

@@ -1,7 +1,7 @@
 /**
  * A message's path through the mesh from collected spans: its trace (edge send -> sender -> broker
  * -> history -> broker -> delivery -> edge push) and the traces of the acks that link to it (one per
- * acknowledging device, each with its MarkDelivered/MarkRead call and the receipt's way back).
+ * acknowledging device, each with history's record of it and the receipt's way back).
  */
 import type { AttributeValue } from "@opentelemetry/api";
 import type { SpanRecord } from "../../lib/span-file.ts";
