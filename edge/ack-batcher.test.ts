@@ -15,11 +15,16 @@ import { startTelemetry } from "../lib/telemetry.ts";
 import { createAcknowledgementBatcher, MAX_MESSAGE_IDS_PER_CALL } from "./ack-batcher.ts";
 
 let stopTelemetry: StopTelemetry;
+const savedSampler = process.env.OTEL_TRACES_SAMPLER;
 beforeAll(() => {
+  // Every span this file starts is recorded, whatever the caller's environment says.
+  process.env.OTEL_TRACES_SAMPLER = "always_on";
   stopTelemetry = startTelemetry({ serviceName: "ack-batcher-test" });
 });
 afterAll(async () => {
   await stopTelemetry();
+  if (savedSampler === undefined) delete process.env.OTEL_TRACES_SAMPLER;
+  else process.env.OTEL_TRACES_SAMPLER = savedSampler;
 });
 const tracer = trace.getTracer("ack-batcher-test");
 
@@ -188,7 +193,7 @@ describe("createAcknowledgementBatcher", () => {
     ]);
   });
 
-  it("gives a traced acknowledgement its span's traceparent and sends the call outside every ack's trace", async () => {
+  it("gives each acknowledgement its span's traceparent, sampled or not, and sends the call outside every ack's trace", async () => {
     const { calls, history } = recordingHistory();
     const batcher = createAcknowledgementBatcher({ history, deadlineMs: 1_000 });
     const traced = tracer.startSpan("bob's ack");
@@ -214,7 +219,7 @@ describe("createAcknowledgementBatcher", () => {
       {
         method: "RecordAcknowledgements",
         users: ["bob", "carol", "dave"],
-        traceparents: [`00-${traceId}-${spanId}-01`, "", ""],
+        traceparents: [`00-${traceId}-${spanId}-01`, `00-${"1".repeat(32)}-${"2".repeat(16)}-00`, ""],
         activeSpanId: undefined,
       },
     ]);

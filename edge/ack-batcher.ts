@@ -1,5 +1,5 @@
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { type Context, context, propagation, ROOT_CONTEXT, trace } from "@opentelemetry/api";
+import { type Context, context, propagation, ROOT_CONTEXT } from "@opentelemetry/api";
 import { Status } from "nice-grpc";
 import type { DeviceAddress } from "../gen/parley/common/v1/address_pb.ts";
 import { ReceiptKind } from "../gen/parley/common/v1/message_pb.ts";
@@ -155,11 +155,10 @@ export function createAcknowledgementBatcher(options: {
 }
 
 /**
- * The W3C traceparent of the context's span when it is recorded (a traced acknowledgement carries
- * it, so history's work on it joins its trace), else empty.
+ * The W3C traceparent of the context's span (its flags say whether it is sampled), so history's
+ * work on the acknowledgement, its logs and its receipt join the ack's trace; empty without one.
  */
 function traceparentOf(ctx: Context): string {
-  if (trace.getSpan(ctx)?.isRecording() !== true) return "";
   const carrier: { traceparent?: string } = {};
   propagation.inject(ctx, carrier);
   return carrier.traceparent ?? "";

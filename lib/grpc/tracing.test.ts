@@ -1,4 +1,4 @@
-import { context, propagation, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { context, propagation, SpanKind, SpanStatusCode, TraceFlags, trace } from "@opentelemetry/api";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace";
 import { Status } from "nice-grpc";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -9,11 +9,16 @@ import { inBatchItemSpan } from "./tracing.ts";
 const exporter = new InMemorySpanExporter();
 const processor = new SimpleSpanProcessor({ exporter });
 let stopTelemetry: StopTelemetry;
+const savedSampler = process.env.OTEL_TRACES_SAMPLER;
 beforeAll(() => {
+  // A sampled parent's children are recorded, an unsampled one's are not, whatever the environment says.
+  process.env.OTEL_TRACES_SAMPLER = "parentbased_always_on";
   stopTelemetry = startTelemetry({ serviceName: "tracing-test", spanProcessors: [processor] });
 });
 afterAll(async () => {
   await stopTelemetry();
+  if (savedSampler === undefined) delete process.env.OTEL_TRACES_SAMPLER;
+  else process.env.OTEL_TRACES_SAMPLER = savedSampler;
 });
 afterEach(() => exporter.reset());
 
@@ -58,13 +63,16 @@ describe("inBatchItemSpan", () => {
     expect(item?.spanContext().traceId).toBe(caller.spanContext().traceId);
     expect(item?.parentSpanContext?.spanId).toBe(caller.spanContext().spanId);
     expect(activeInItem).toBe(item?.spanContext().spanId);
-    expect(item?.links.map((l) => l.context.spanId)).toEqual([batch.spanContext().spanId]);
+    expect(item?.links.map((l) => [l.context.spanId, l.attributes])).toEqual([
+      [batch.spanContext().spanId, { "parley.link.kind": "batch" }],
+    ]);
     expect(item?.attributes).toMatchObject({
       "rpc.system": "grpc",
       "rpc.service": "parley.history.v1.HistoryService",
       "rpc.method": "RecordAcknowledgements",
       "rpc.grpc.status_code": Status.OK,
       "parley.conversation_id": "c1",
+      "parley.batch_item": true,
     });
     expect(item?.status.code).not.toBe(SpanStatusCode.ERROR);
   });
@@ -103,6 +111,42 @@ describe("inBatchItemSpan", () => {
     batch.end();
     expect(activeInItem).toBe(batch.spanContext().spanId);
     expect((await finishedSpans()).map((s) => s.name)).toEqual(["caller", "batch"]);
+  });
+
+  it("runs an item whose traceparent the propagator refuses (zero ids) in the batch call's context", async () => {
+    const { batch } = callerAndBatch();
+    let activeInItem: string | undefined;
+    await context.with(trace.setSpan(context.active(), batch), () =>
+      inBatchItemSpan(
+        { path: PATH, name: "delivered", traceparent: `00-${"0".repeat(32)}-${"0".repeat(16)}-01` },
+        async () => {
+          activeInItem = trace.getActiveSpan()?.spanContext().spanId;
+        },
+        () => ({ code: Status.OK }),
+      ),
+    );
+    batch.end();
+    expect(activeInItem).toBe(batch.spanContext().spanId);
+    expect((await finishedSpans()).map((s) => s.name)).toEqual(["caller", "batch"]);
+  });
+
+  it("links the item's span to the batch call's span only when that one is sampled", async () => {
+    const { traceparent } = callerAndBatch();
+    const unsampledBatch = trace.wrapSpanContext({
+      traceId: "3".repeat(32),
+      spanId: "4".repeat(16),
+      traceFlags: TraceFlags.NONE,
+    });
+    await context.with(trace.setSpan(context.active(), unsampledBatch), () =>
+      inBatchItemSpan(
+        { path: PATH, name: "delivered", traceparent },
+        async () => undefined,
+        () => ({ code: Status.OK }),
+      ),
+    );
+    const item = (await finishedSpans()).find((s) => s.name.endsWith(" delivered"));
+    expect(item).toBeDefined();
+    expect(item?.links).toEqual([]);
   });
 
   it("ends the item's span when the item throws, and passes the error on", async () => {

@@ -6,6 +6,7 @@ import {
   ROOT_CONTEXT,
   SpanKind,
   SpanStatusCode,
+  TraceFlags,
   trace,
 } from "@opentelemetry/api";
 import type {
@@ -137,9 +138,10 @@ export const serverTracingMiddleware: ServerMiddleware = async function* serverT
  * Runs one item of a batch call (requests of several callers in one call) in a SERVER span
  * `<service>/<method> <item>` whose parent is the item's own `traceparent`, as its own call's span
  * would be: the item's work, logs and the events it causes continue its caller's trace, and the
- * batch call's span (linked) keeps only the batch. An item without a traceparent runs in the batch
- * call's context and gets no span of its own. `codeOf` reads the item's gRPC status from its result
- * (an item fails in its result, not by throwing).
+ * batch call's span (linked, when sampled) keeps only the batch. The span has
+ * `parley.batch_item=true`, so request counts derived from spans can leave it out. An item without
+ * a valid traceparent runs in the batch call's context and gets no span of its own. `codeOf` reads
+ * the item's gRPC status from its result (an item fails in its result, not by throwing).
  */
 export async function inBatchItemSpan<T>(
   item: {
@@ -151,18 +153,17 @@ export async function inBatchItemSpan<T>(
   run: () => Promise<T>,
   codeOf: (result: T) => { readonly code: Status; readonly message?: string },
 ): Promise<T> {
-  if (item.traceparent === "") return run();
-  const batch = trace.getActiveSpan()?.spanContext();
   const parent = propagation.extract(ROOT_CONTEXT, { traceparent: item.traceparent });
+  // Empty, or ids the propagator refuses (all zeros): a span here would start a stray trace.
+  if (trace.getSpanContext(parent) === undefined) return run();
+  const batch = trace.getActiveSpan()?.spanContext();
+  const batchSampled = batch !== undefined && (batch.traceFlags & TraceFlags.SAMPLED) !== 0;
   const span = tracer.startSpan(
     `${item.path.slice(1)} ${item.name}`,
     {
       kind: SpanKind.SERVER,
-      attributes: { ...spanAttributes(item.path), ...item.attributes },
-      links:
-        batch === undefined || !trace.isSpanContextValid(batch)
-          ? []
-          : [{ context: batch, attributes: { "parley.link.kind": "batch" } }],
+      attributes: { ...spanAttributes(item.path), "parley.batch_item": true, ...item.attributes },
+      links: batchSampled ? [{ context: batch, attributes: { "parley.link.kind": "batch" } }] : [],
     },
     parent,
   );

@@ -19,7 +19,7 @@ import { messageProto, receiptProto } from "./domain/events.ts";
 import type { History, MarkCommand } from "./domain/history.ts";
 import type { DeviceRef, ReceiptState } from "./domain/model.ts";
 
-/** The method path the error mapping logs for a whole call, for the errors of a batch's items. */
+/** The batch call's method path: the errors of its items are logged under it, and their spans named after it. */
 const RECORD_ACKNOWLEDGEMENTS_PATH = `/${HistoryService.typeName}/${HistoryService.method.recordAcknowledgements.name}`;
 
 type AcknowledgementOutcome = MessageInitShape<typeof AcknowledgementOutcomeSchema>;
@@ -127,19 +127,17 @@ export function createHistoryHandlers(
 
     async recordAcknowledgements(request) {
       // protovalidate requires each kind; this narrows the type before any of them is recorded.
-      const kinds = request.acknowledgements.map(({ kind }) => {
+      const items = request.acknowledgements.map(({ kind, traceparent }) => {
         if (kind.case === undefined) {
           throw invalidArgument("VALIDATION_FAILED", "acknowledgements[].kind is required");
         }
-        return kind;
+        return { kind, traceparent };
       });
       // Side by side, so their store writes share one commit (the SQLite store's group commit, the
       // Cassandra store's concurrent writes); each is recorded as its own call would record it.
       return {
         outcomes: await Promise.all(
-          kinds.map((kind, i) =>
-            acknowledgementOutcome(kind, request.acknowledgements[i]?.traceparent ?? ""),
-          ),
+          items.map(({ kind, traceparent }) => acknowledgementOutcome(kind, traceparent)),
         ),
       };
     },
@@ -216,7 +214,10 @@ function stateProto(state: ReceiptState) {
   return { deliveredUpToSeq: BigInt(state.deliveredUpToSeq), readUpToSeq: BigInt(state.readUpToSeq) };
 }
 
-/** The W3C traceparent of the call's span (empty when not traced), for the events it causes. */
+/**
+ * The W3C traceparent of the active span (the call's, or a batch item's own), empty when there is
+ * none, for the events it causes.
+ */
 function currentTraceparent(): string {
   const carrier: Record<string, string> = {};
   propagation.inject(context.active(), carrier);

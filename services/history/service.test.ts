@@ -516,6 +516,25 @@ describe("history service over gRPC", () => {
         }),
       ),
     ).toBe("invalid_argument/VALIDATION_FAILED");
+    expect(
+      await grpcFailure(
+        client.recordAcknowledgements({
+          acknowledgements: [
+            {
+              kind: {
+                case: "delivered",
+                value: {
+                  device: phone("bob"),
+                  conversationId: group,
+                  target: { case: "upToSeq", value: 1n },
+                },
+              },
+              traceparent: "not-a-traceparent",
+            },
+          ],
+        }),
+      ),
+    ).toBe("invalid_argument/VALIDATION_FAILED");
   });
 
   it("publishes ResendRequested for a message addressed to the device, and refuses others", async () => {
