@@ -1,5 +1,6 @@
 import type { ChildProcess } from "node:child_process";
 import { spawn } from "node:child_process";
+import { createWriteStream } from "node:fs";
 import { resolve } from "node:path";
 
 export const repoRoot = resolve(import.meta.dirname, "../..");
@@ -27,7 +28,13 @@ export function startChild(
   name: string,
   script: string,
   args: readonly string[],
-  options: { fdLimit?: number; nodeFlags?: readonly string[]; env?: Record<string, string> } = {},
+  options: {
+    fdLimit?: number;
+    nodeFlags?: readonly string[];
+    env?: Record<string, string>;
+    /** Also appends the child's stdout and stderr to this file. */
+    logFile?: string;
+  } = {},
 ): BenchChild {
   const fdLimit = options.fdLimit ?? 20_000;
   const child: ChildProcess = spawn(
@@ -53,6 +60,12 @@ export function startChild(
   };
   child.stdout?.on("data", append);
   child.stderr?.on("data", append);
+  if (options.logFile !== undefined) {
+    const log = createWriteStream(options.logFile, { flags: "a" });
+    child.stdout?.on("data", (chunk: Buffer) => log.write(chunk));
+    child.stderr?.on("data", (chunk: Buffer) => log.write(chunk));
+    child.once("exit", () => log.end());
+  }
   const exited = new Promise<void>((done) => child.once("exit", () => done()));
   const pending = new Map<number, { resolve: (v: never) => void; reject: (e: Error) => void }>();
   let nextId = 1;

@@ -40,6 +40,8 @@ export interface BenchOptions {
   readonly cpuProf: boolean;
   /** Experiment: the embedded stores' `PRAGMA synchronous` (Parley uses FULL). */
   readonly sqliteSynchronous: "full" | "normal" | undefined;
+  /** Embedded: where the mesh child's log lines go (appended), at PARLEY_LOG_LEVEL or warn. */
+  readonly meshLog: string | undefined;
   readonly outDir: string;
   readonly tag: string;
 }
@@ -73,6 +75,7 @@ options
   --heartbeat-ms MS            embedded: the edge's heartbeat interval (s3)
   --cpu-prof                   embedded: run the mesh child under --cpu-prof (profiles in --out/profiles)
   --sqlite-synchronous normal  embedded, experiment: the stores' PRAGMA synchronous (Parley: full)
+  --mesh-log FILE              embedded: append the mesh's log to FILE (PARLEY_LOG_LEVEL, default warn)
   --quick                      tiny sizes, seconds (CI smoke)
   --out DIR                    where results go (default bench/results)
   --tag NAME                   added to the result file names
@@ -118,6 +121,7 @@ export function parseBenchOptions(argv: readonly string[]): BenchOptions {
       "heartbeat-ms": { type: "string" },
       "cpu-prof": { type: "boolean" },
       "sqlite-synchronous": { type: "string" },
+      "mesh-log": { type: "string" },
       out: { type: "string" },
       tag: { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -190,6 +194,7 @@ export function parseBenchOptions(argv: readonly string[]): BenchOptions {
       values["heartbeat-ms"] === undefined ? undefined : positive(values["heartbeat-ms"], "heartbeat-ms"),
     cpuProf: values["cpu-prof"] === true,
     sqliteSynchronous: sqliteSynchronous(values["sqlite-synchronous"]),
+    meshLog: values["mesh-log"] === undefined ? undefined : resolve(values["mesh-log"]),
     outDir: resolve(values.out ?? resolve(repoRoot, "bench/results")),
     tag: values.tag ?? "",
   };

@@ -56,7 +56,15 @@ export async function startTarget(name: TargetName, options: BenchOptions): Prom
               ? []
               : ["--sqlite-synchronous", options.sqliteSynchronous]),
           ],
-          { nodeFlags },
+          {
+            nodeFlags,
+            ...(options.meshLog === undefined
+              ? {}
+              : {
+                  logFile: options.meshLog,
+                  env: { PARLEY_LOG_LEVEL: process.env.PARLEY_LOG_LEVEL ?? "warn" },
+                }),
+          },
         )
       : startChild(name, "tools/bench/baseline-child.ts", [name], { nodeFlags });
   let ready: Record<string, unknown>;
