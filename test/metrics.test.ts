@@ -271,7 +271,7 @@ describe("metrics and traces of a running mesh", () => {
     for (const device of devices) {
       expect(stdout).toMatch(new RegExp(`^  ${device} delivered at \\+\\d`, "m"));
     }
-    expect(stdout).toMatch(/history\s+HistoryService\/MarkDelivered\s+\(server\)/);
+    expect(stdout).toMatch(/history\s+HistoryService\/RecordAcknowledgements delivered\s+\(server\)/);
 
     // An unknown id: exit code 1 and a hint on stderr.
     const unknown = await promisify(execFile)(
