@@ -24,3 +24,16 @@ it("the SQLite store keeps reservations across reopening the file", async () => 
   expect(await reopened.get("k")).toEqual(record);
   reopened.close();
 });
+
+it("the SQLite store commits what is still queued when it is closed", async () => {
+  const path = join(dir, "queued.db");
+  const first = createSqliteIdempotencyStore({ path });
+  const record = { messageId: "m1", contentDigest: "d", acceptedAt: new Date(5), published: false };
+  // Not awaited: the reservation waits for the end of this turn's shared transaction.
+  const reserved = first.reserve("k", record);
+  first.close();
+  expect(await reserved).toEqual(record);
+  const reopened = createSqliteIdempotencyStore({ path });
+  expect(await reopened.get("k")).toEqual(record);
+  reopened.close();
+});

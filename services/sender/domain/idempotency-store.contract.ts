@@ -82,6 +82,18 @@ export function describeIdempotencyStoreContract(
       store.close();
     });
 
+    it("gives reservations made at the same moment the first one's record, each", async () => {
+      const { store } = setup();
+      const answers = await Promise.all([
+        store.reserve("k", record("m1")),
+        store.reserve("k", record("m2")),
+        store.reserve("other", record("m3")),
+      ]);
+      expect(answers).toEqual([record("m1"), record("m1"), record("m3")]);
+      expect(await store.get("k")).toEqual(record("m1"));
+      store.close();
+    });
+
     it("keeps keys apart", async () => {
       const { store } = setup();
       await store.reserve("a", record("m1"));
