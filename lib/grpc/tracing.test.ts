@@ -96,29 +96,15 @@ describe("inBatchItemSpan", () => {
     ]);
   });
 
-  it("runs an item without a traceparent in the batch call's context, with no span of its own", async () => {
+  it.each([
+    ["without a traceparent", ""],
+    ["whose traceparent the propagator refuses (zero ids)", `00-${"0".repeat(32)}-${"0".repeat(16)}-01`],
+  ])("runs an item %s in the batch call's context, with no span of its own", async (_, traceparent) => {
     const { batch } = callerAndBatch();
     let activeInItem: string | undefined;
     await context.with(trace.setSpan(context.active(), batch), () =>
       inBatchItemSpan(
-        { path: PATH, name: "delivered", traceparent: "" },
-        async () => {
-          activeInItem = trace.getActiveSpan()?.spanContext().spanId;
-        },
-        () => ({ code: Status.OK }),
-      ),
-    );
-    batch.end();
-    expect(activeInItem).toBe(batch.spanContext().spanId);
-    expect((await finishedSpans()).map((s) => s.name)).toEqual(["caller", "batch"]);
-  });
-
-  it("runs an item whose traceparent the propagator refuses (zero ids) in the batch call's context", async () => {
-    const { batch } = callerAndBatch();
-    let activeInItem: string | undefined;
-    await context.with(trace.setSpan(context.active(), batch), () =>
-      inBatchItemSpan(
-        { path: PATH, name: "delivered", traceparent: `00-${"0".repeat(32)}-${"0".repeat(16)}-01` },
+        { path: PATH, name: "delivered", traceparent },
         async () => {
           activeInItem = trace.getActiveSpan()?.spanContext().spanId;
         },

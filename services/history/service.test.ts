@@ -498,43 +498,27 @@ describe("history service over gRPC", () => {
     expect(await grpcFailure(client.recordAcknowledgements({ acknowledgements: [] }))).toBe(
       "invalid_argument/VALIDATION_FAILED",
     );
-    expect(
-      await grpcFailure(
-        client.recordAcknowledgements({
-          acknowledgements: [
-            {
-              kind: {
-                case: "delivered",
-                value: {
-                  device: phone("bob"),
-                  conversationId: "nope",
-                  target: { case: "upToSeq", value: 1n },
+    // A bad field in one acknowledgement: its conversation id, or its traceparent.
+    for (const [conversationId, traceparent] of [
+      ["nope", ""],
+      [group, "not-a-traceparent"],
+    ]) {
+      expect(
+        await grpcFailure(
+          client.recordAcknowledgements({
+            acknowledgements: [
+              {
+                kind: {
+                  case: "delivered",
+                  value: { device: phone("bob"), conversationId, target: { case: "upToSeq", value: 1n } },
                 },
+                traceparent,
               },
-            },
-          ],
-        }),
-      ),
-    ).toBe("invalid_argument/VALIDATION_FAILED");
-    expect(
-      await grpcFailure(
-        client.recordAcknowledgements({
-          acknowledgements: [
-            {
-              kind: {
-                case: "delivered",
-                value: {
-                  device: phone("bob"),
-                  conversationId: group,
-                  target: { case: "upToSeq", value: 1n },
-                },
-              },
-              traceparent: "not-a-traceparent",
-            },
-          ],
-        }),
-      ),
-    ).toBe("invalid_argument/VALIDATION_FAILED");
+            ],
+          }),
+        ),
+      ).toBe("invalid_argument/VALIDATION_FAILED");
+    }
   });
 
   it("publishes ResendRequested for a message addressed to the device, and refuses others", async () => {
