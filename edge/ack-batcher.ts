@@ -1,5 +1,5 @@
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { type Context, context, propagation, ROOT_CONTEXT } from "@opentelemetry/api";
+import { type Context, context, ROOT_CONTEXT } from "@opentelemetry/api";
 import { Status } from "nice-grpc";
 import type { DeviceAddress } from "../gen/parley/common/v1/address_pb.ts";
 import { ReceiptKind } from "../gen/parley/common/v1/message_pb.ts";
@@ -12,6 +12,7 @@ import type {
 import { INTERNAL_ERROR_MESSAGE, parleyErrorFromStatus } from "../lib/errors.ts";
 import type { GrpcCallOptions, GrpcServiceClient } from "../lib/grpc/client.ts";
 import { fromGrpcError } from "../lib/grpc/grpc-error.ts";
+import { currentTraceparent } from "../lib/telemetry.ts";
 
 /** What a batched acknowledgement resolves to: the user's watermark of the acknowledged kind. */
 export type AcknowledgementBatcher = {
@@ -142,7 +143,7 @@ export function createAcknowledgementBatcher(options: {
   return {
     submit(device, ack) {
       const submittedIn = context.active();
-      const acknowledgement = toAcknowledgement(device, ack, traceparentOf(submittedIn));
+      const acknowledgement = toAcknowledgement(device, ack, currentTraceparent(submittedIn));
       return new Promise<bigint>((resolve, reject) => {
         queue.push({ acknowledgement, context: submittedIn, resolve, reject });
         if (!scheduled) {
@@ -152,16 +153,6 @@ export function createAcknowledgementBatcher(options: {
       });
     },
   };
-}
-
-/**
- * The W3C traceparent of the context's span (its flags say whether it is sampled), so history's
- * work on the acknowledgement, its logs and its receipt join the ack's trace; empty without one.
- */
-function traceparentOf(ctx: Context): string {
-  const carrier: { traceparent?: string } = {};
-  propagation.inject(ctx, carrier);
-  return carrier.traceparent ?? "";
 }
 
 /** A device's Ack frame as history's Acknowledgement (MarkDelivered or MarkRead request), stamped now. */

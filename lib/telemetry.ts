@@ -1,5 +1,5 @@
 import type { Context, Link, SpanAttributes, SpanKind } from "@opentelemetry/api";
-import { metrics } from "@opentelemetry/api";
+import { context, metrics, propagation } from "@opentelemetry/api";
 import { startNodeSdk } from "@opentelemetry/sdk-node";
 import type { Sampler, SamplingResult } from "@opentelemetry/sdk-trace";
 import {
@@ -35,6 +35,17 @@ export type StopTelemetry = () => Promise<void>;
  * `force_trace`); its children follow it through the parent-based sampler, in every service.
  */
 export const FORCE_TRACE_ATTRIBUTE = "parley.force_trace";
+
+/**
+ * The W3C traceparent of `ctx`'s span (the active one by default), for the events and requests a
+ * piece of work hands on so the next hop joins its trace; its flags say whether it is sampled.
+ * Empty when there is no span.
+ */
+export function currentTraceparent(ctx: Context = context.active()): string {
+  const carrier: { traceparent?: string } = {};
+  propagation.inject(ctx, carrier);
+  return carrier.traceparent ?? "";
+}
 
 const SAMPLERS = [
   "always_on",

@@ -1,6 +1,5 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { context, propagation } from "@opentelemetry/api";
 import { Status } from "nice-grpc";
 import type { DeviceAddress } from "../../gen/parley/common/v1/address_pb.ts";
 import { SeqOrder } from "../../gen/parley/history/v1/history_pb.ts";
@@ -15,6 +14,7 @@ import { logIfUnexpected } from "../../lib/grpc/error-mapping.ts";
 import type { GrpcServiceImplementation } from "../../lib/grpc/service-definition.ts";
 import { inBatchItemSpan } from "../../lib/grpc/tracing.ts";
 import type { Logger } from "../../lib/logging.ts";
+import { currentTraceparent } from "../../lib/telemetry.ts";
 import { messageProto, receiptProto } from "./domain/events.ts";
 import type { History, MarkCommand } from "./domain/history.ts";
 import type { DeviceRef, ReceiptState } from "./domain/model.ts";
@@ -23,6 +23,11 @@ import type { DeviceRef, ReceiptState } from "./domain/model.ts";
 const RECORD_ACKNOWLEDGEMENTS_PATH = `/${HistoryService.typeName}/${HistoryService.method.recordAcknowledgements.name}`;
 
 type AcknowledgementOutcome = MessageInitShape<typeof AcknowledgementOutcomeSchema>;
+/** An acknowledgement's kind, checked present: what its MarkDelivered or MarkRead call would carry. */
+type AcknowledgementKind = {
+  readonly case: "delivered" | "read";
+  readonly value: MarkDeliveredRequest | MarkReadRequest;
+};
 
 /** HistoryService over the history use cases: protobuf in, domain command, protobuf out. */
 export function createHistoryHandlers(
@@ -31,10 +36,7 @@ export function createHistoryHandlers(
 ): GrpcServiceImplementation<typeof HistoryService> {
   /** One acknowledgement of a batch, answered as its own call would be (errors as the error mapping sends them). */
   async function acknowledgementOutcome(
-    acknowledgement: {
-      readonly case: "delivered" | "read";
-      readonly value: MarkDeliveredRequest | MarkReadRequest;
-    },
+    acknowledgement: AcknowledgementKind,
     traceparent: string,
   ): Promise<AcknowledgementOutcome> {
     // Under the ack's own trace when it has one, so the receipt event continues that trace.
@@ -53,10 +55,9 @@ export function createHistoryHandlers(
     );
   }
 
-  async function recordAcknowledgement(acknowledgement: {
-    readonly case: "delivered" | "read";
-    readonly value: MarkDeliveredRequest | MarkReadRequest;
-  }): Promise<AcknowledgementOutcome> {
+  async function recordAcknowledgement(
+    acknowledgement: AcknowledgementKind,
+  ): Promise<AcknowledgementOutcome> {
     try {
       const command = markCommand(acknowledgement.value);
       const result =
@@ -212,14 +213,4 @@ function markCommand(request: MarkDeliveredRequest | MarkReadRequest): MarkComma
 
 function stateProto(state: ReceiptState) {
   return { deliveredUpToSeq: BigInt(state.deliveredUpToSeq), readUpToSeq: BigInt(state.readUpToSeq) };
-}
-
-/**
- * The W3C traceparent of the active span (the call's, or a batch item's own), empty when there is
- * none, for the events it causes.
- */
-function currentTraceparent(): string {
-  const carrier: Record<string, string> = {};
-  propagation.inject(context.active(), carrier);
-  return carrier.traceparent ?? "";
 }

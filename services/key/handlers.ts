@@ -1,6 +1,5 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { context, propagation } from "@opentelemetry/api";
 import type {
   DeviceIdentitySchema,
   DeviceSchema,
@@ -10,6 +9,7 @@ import type { GetDeviceStatusResponseSchema, KeyService } from "../../gen/parley
 import { DeviceStatus as DeviceStatusCode } from "../../gen/parley/key/v1/key_service_pb.ts";
 import { invalidArgument } from "../../lib/errors.ts";
 import type { GrpcServiceImplementation } from "../../lib/grpc/service-definition.ts";
+import { currentTraceparent } from "../../lib/telemetry.ts";
 import type { DeviceIdentityView, DeviceView, KeyDomain } from "./domain/keys.ts";
 import type {
   DeviceAddress,
@@ -18,13 +18,6 @@ import type {
   PrekeyBundle,
   SignedPrekey,
 } from "./domain/model.ts";
-
-/** The W3C traceparent of the running call, for the events it writes ("" when not traced). */
-export function currentTraceparent(): string {
-  const carrier: Record<string, string> = {};
-  propagation.inject(context.active(), carrier);
-  return carrier.traceparent ?? "";
-}
 
 /** Protovalidate has checked `required` before a handler runs; this only narrows the type. */
 function required<T>(value: T | undefined, field: string): T {

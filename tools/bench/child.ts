@@ -54,18 +54,15 @@ export function startChild(
     },
   );
   let output = "";
+  const log = options.logFile === undefined ? undefined : createWriteStream(options.logFile, { flags: "a" });
+  if (log !== undefined) child.once("exit", () => log.end());
   const append = (chunk: Buffer) => {
+    log?.write(chunk);
     output += chunk.toString("utf8");
     if (output.length > 200_000) output = output.slice(-100_000);
   };
   child.stdout?.on("data", append);
   child.stderr?.on("data", append);
-  if (options.logFile !== undefined) {
-    const log = createWriteStream(options.logFile, { flags: "a" });
-    child.stdout?.on("data", (chunk: Buffer) => log.write(chunk));
-    child.stderr?.on("data", (chunk: Buffer) => log.write(chunk));
-    child.once("exit", () => log.end());
-  }
   const exited = new Promise<void>((done) => child.once("exit", () => done()));
   const pending = new Map<number, { resolve: (v: never) => void; reject: (e: Error) => void }>();
   let nextId = 1;

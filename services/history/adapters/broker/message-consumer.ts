@@ -1,6 +1,5 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { context, propagation } from "@opentelemetry/api";
 import type { MessageAccepted } from "../../../../gen/parley/events/v1/message_events_pb.ts";
 import { MessageAcceptedSchema } from "../../../../gen/parley/events/v1/message_events_pb.ts";
 import type { Broker, BrokerMessage, Subscription } from "../../../../lib/broker/broker.ts";
@@ -8,7 +7,7 @@ import { DEAD_LETTER_PROPERTIES, deadLetterTopic, Topics } from "../../../../lib
 import { withConsumerSpan } from "../../../../lib/broker/tracing.ts";
 import { validateMessage } from "../../../../lib/grpc/validation.ts";
 import type { Logger } from "../../../../lib/logging.ts";
-import { FORCE_TRACE_ATTRIBUTE } from "../../../../lib/telemetry.ts";
+import { currentTraceparent, FORCE_TRACE_ATTRIBUTE } from "../../../../lib/telemetry.ts";
 import type { AcceptedMessage } from "../../domain/history.ts";
 import type { StoreMessageResult } from "../../domain/history-store.ts";
 
@@ -63,11 +62,9 @@ export async function startMessageConsumer(options: MessageConsumerOptions): Pro
         HISTORY_SUBSCRIPTION,
         async (span) => {
           try {
-            const carrier: Record<string, string> = {};
-            propagation.inject(context.active(), carrier);
             const result = await options.ingest({
               ...accepted,
-              traceparent: carrier.traceparent ?? accepted.traceparent,
+              traceparent: currentTraceparent() || accepted.traceparent,
             });
             span.setAttribute("parley.seq", result.seq);
             span.setAttribute("parley.store.outcome", result.outcome);
