@@ -6,6 +6,7 @@ import type { GrpcServer } from "../lib/grpc/server.ts";
 import { createGrpcServer, grpcService } from "../lib/grpc/server.ts";
 import type { Logger } from "../lib/logging.ts";
 import { checkPushBatchRequest } from "./push-batch-check.ts";
+import { sameDevice } from "./streams/push-frames.ts";
 import type { PushedMessages } from "./streams/pushed-messages.ts";
 import type { PushBatchResponseInit, StreamHub } from "./streams/stream-hub.ts";
 
@@ -123,8 +124,11 @@ function rememberPushed(memory: PushedMessages, request: PushBatchRequest, respo
       acceptedAtMs:
         acceptedAt === undefined ? undefined : Number(acceptedAt.seconds) * 1000 + acceptedAt.nanos / 1e6,
     };
+    const sender = message.sender;
     for (const device of item.devices) {
       if (notPushed?.has(`${device.userId}/${device.deviceId}`) === true) continue;
+      // The sending device's echo of its own message: its ack is no delivery to a recipient.
+      if (sender !== undefined && sameDevice(sender, device)) continue;
       memory.remember(device, remembered, item.traceparent);
     }
   }

@@ -242,14 +242,45 @@ describe("delivery", () => {
     devices.forEach((d, i) => {
       expectExactlyOnceInOrder(seen[i] as Collected, d, conversationId, messages);
     });
-    // Each device got its own ciphertext: the pairwise payload addressed to it.
+    // Each device got its own ciphertext: the pairwise payload addressed to it; the sending
+    // device gets its own messages back without one.
     for (const [i, d] of devices.entries()) {
-      for (const m of (seen[i] as Collected).messages.filter((m) => m.source !== "fill")) {
-        expect(readCiphertext(m.message).to).toBe(`${d.userId}/${d.deviceId}`);
+      for (const m of (seen[i] as Collected).messages) {
+        const own = m.message.sender?.userId === d.userId && m.message.sender.deviceId === d.deviceId;
+        if (own) expect(m.message.ciphertext).toHaveLength(0);
+        else expect(readCiphertext(m.message).to).toBe(`${d.userId}/${d.deviceId}`);
       }
     }
     expect(seen.flatMap((c) => c.errors)).toEqual([]);
     await closeAll(devices.map((d) => d.client));
+  });
+
+  it("the sending device gets its own messages back live, in seq order, without ciphertext", async () => {
+    const erin = await createUser(mesh, "erin1", ["phone", "laptop"]);
+    const frank = await createUser(mesh, "frank1", ["phone"]);
+    const conversationId = await connectUsers(erin, frank);
+    const [phone, laptop] = erin.devices as [TestDevice, TestDevice];
+    const onPhone = collect(phone.client);
+    const onLaptop = collect(laptop.client);
+    await connectAll([phone.client, laptop.client, frank.primary.client]);
+
+    // Only erin writes, so no later message from frank could reveal a seq gap on her phone: her
+    // phone shows her messages only because each comes back to it with its seq.
+    const sent = await sendTexts(phone, [erin, frank], conversationId, texts("mine", 3));
+    await onPhone.untilMessages(3, conversationId);
+    const own = onPhone.messages.filter((m) => m.message.conversationId === conversationId);
+    expect(own.map((m) => m.message.messageId)).toEqual(sent);
+    expect(own.map((m) => m.message.seq)).toEqual([1n, 2n, 3n]);
+    for (const m of own) {
+      expect(m.source).toBe("stream");
+      expect(m.message.ciphertext).toHaveLength(0);
+      expect(m.message.sharedPayload).toBe(false);
+    }
+    // Her other device is a recipient: its own ciphertext, as before.
+    await onLaptop.untilMessages(3, conversationId);
+    for (const m of onLaptop.messages) expect(readCiphertext(m.message).to).toBe("erin1/laptop");
+    expect([...onPhone.errors, ...onLaptop.errors]).toEqual([]);
+    await closeAll([phone.client, laptop.client, frank.primary.client]);
   });
 
   it("an offline recipient comes back, syncs and gets everything once; a new device syncs from the start", async () => {

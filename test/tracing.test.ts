@@ -176,8 +176,10 @@ describe("tracing a message end to end", () => {
       expect(strings(push.attributes["parley.conversation_ids"])).toEqual([groupId]);
     }
     const pushedDevices = pushes.reduce((n, s) => n + Number(s.attributes["parley.push.pushed"] ?? 0), 0);
-    expect(pushedDevices).toBe(2);
+    // Both recipients, and the sending device its echo (the message's seq, no ciphertext).
+    expect(pushedDevices).toBe(3);
     expect(pushes.flatMap((s) => strings(s.attributes["parley.device_ids"])).sort()).toEqual([
+      "alice/phone",
       "bob/phone",
       "carol/phone",
     ]);

@@ -159,7 +159,7 @@ export async function createSdkPairs(
       const client = sdkClient(transports, device);
       client.onMessage(({ message }) => {
         const stamp = readStamp(message.ciphertext);
-        // The sender's own messages come back through gap filling without ciphertext.
+        // The sender's own messages come back (the echo) without ciphertext.
         if (stamp !== undefined) log.record(stamp);
       });
       clients.set(device.index, client);

@@ -196,15 +196,22 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     }
   }
 
-  /** Each message item's latency from acceptance, once per device its host took it for. */
+  /**
+   * Each message item's latency from acceptance, once per recipient device its host took it for
+   * (the sending device's echo of its own message is no delivery).
+   */
   function recordPushLatencies(items: readonly PlannedItem[], reached: ReadonlySet<string>): void {
     const at = now();
     for (const item of items) {
       if (item.payload.case !== "message") continue;
-      const acceptedAt = item.payload.value.acceptedAt;
+      const { acceptedAt, sender } = item.payload.value;
       if (acceptedAt === undefined) continue;
       const latency = Math.max(0, at - (Number(acceptedAt.seconds) * 1000 + acceptedAt.nanos / 1e6));
-      for (const device of item.devices) if (reached.has(deviceKey(device))) metrics.messagePushed(latency);
+      const senderKey = sender === undefined ? undefined : deviceKey(sender);
+      for (const device of item.devices) {
+        const key = deviceKey(device);
+        if (key !== senderKey && reached.has(key)) metrics.messagePushed(latency);
+      }
     }
   }
 

@@ -48,13 +48,19 @@ import {
 const messageId = "0190e8f4-1c7b-7000-8000-00000000abcd";
 const bytes = (...values: number[]) => new Uint8Array(values);
 
-function stored(targets: Array<[user: string, device: string]>, shared = false, part = 0): MessageStored {
+/** By default sent from bob/laptop, which is offline: no echo of the message to its sending device. */
+function stored(
+  targets: Array<[user: string, device: string]>,
+  shared = false,
+  part = 0,
+  sender: [user: string, device: string] = ["bob", "laptop"],
+): MessageStored {
   return create(MessageStoredSchema, {
     message: {
       messageId,
       conversationId: ids.group,
       seq: 7n,
-      sender: { userId: "dave", deviceId: "phone" },
+      sender: { userId: sender[0], deviceId: sender[1] },
       sharedPayload: shared,
       ciphertext: shared ? bytes(9, 9, 9) : new Uint8Array(0),
     },
@@ -148,6 +154,37 @@ describe("messages (MessageStored)", () => {
     expect(values).toHaveLength(2);
     for (const value of values)
       expect(value).toMatchObject({ sharedPayload: true, ciphertext: bytes(9, 9, 9) });
+  });
+
+  it("echoes the message without ciphertext or cursor to its connected sending device, once per message", async () => {
+    for (const shared of [false, true]) {
+      // A fresh dispatcher each time: the same message id would hit the first one's checkpoints.
+      const fresh = testDispatcher(world);
+      const echoing = createFanOut({
+        conversations: view,
+        routes: world.routes,
+        dispatcher: fresh.dispatcher,
+        logger: silentLogger,
+      });
+      const result = summary(
+        await echoing.messageStored(stored([["bob", "phone"]], shared, 0, ["dave", "phone"])),
+      );
+      expect(result).toMatchObject({ addressed: 2, pushed: 2, offline: 0 });
+      expect(pushedTo(fresh.pusher.calls)).toEqual({ h1: ["bob/phone"], h2: ["dave/phone"] });
+      const echo = fresh.pusher.calls.find((c) => c.host.hostId === "h2")?.batch.items[0];
+      expect(echo?.payload.value).toMatchObject({
+        messageId,
+        seq: 7n,
+        sender: { userId: "dave", deviceId: "phone" },
+        ciphertext: new Uint8Array(0),
+        sharedPayload: false,
+      });
+      expect(echo?.cursor ?? new Uint8Array(0)).toEqual(new Uint8Array(0));
+    }
+    // A later part of a split message echoes nothing again; an offline sender gets no echo.
+    await fanOut.messageStored(stored([["bob", "phone"]], false, 1, ["dave", "phone"]));
+    await fanOut.messageStored(stored([["alice", "phone"]], false, 0, ["erin", "phone"]));
+    expect(pushedTo(harness.pusher.calls)).toEqual({ h1: ["bob/phone", "alice/phone"] });
   });
 
   it("skips offline devices without calling anyone for them", async () => {

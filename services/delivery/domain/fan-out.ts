@@ -34,7 +34,10 @@ export type FanOutResult = DispatchSummary | Dropped;
  * when they reconnect); the dispatcher groups them by host.
  */
 export interface FanOut {
-  /** Each target device gets the message with its own ciphertext and inbox cursor. */
+  /**
+   * Each target device gets the message with its own ciphertext and inbox cursor; the sending
+   * device, when connected, gets it back without ciphertext or cursor (its seq).
+   */
   messageStored(event: MessageStored): Promise<FanOutResult>;
   /** The connected devices of the users the receipt names, except the reader device. */
   receiptRecorded(event: ReceiptRecorded): Promise<FanOutResult>;
@@ -62,6 +65,11 @@ function sameDevice(a: DeviceRef, b: DeviceRef | undefined): boolean {
 
 function ref(device: { readonly userId: string; readonly deviceId: string }): DeviceRef {
   return { userId: device.userId, deviceId: device.deviceId };
+}
+
+/** The message as its sending device gets it back: everything but the ciphertext, and no cursor. */
+function ownMessageEcho(message: Message): Message {
+  return { ...message, ciphertext: new Uint8Array(0), sharedPayload: false };
 }
 
 export function createFanOut(options: FanOutOptions): FanOut {
@@ -108,6 +116,18 @@ export function createFanOut(options: FanOutOptions): FanOut {
           },
         ];
       });
+      // The sending device is no target (it has no ciphertext of its own), but it needs the seq
+      // history gave its message: without it every message it sent would be a seq gap it fetches
+      // with ListMessages when its partner's next message arrives. Once per message (part 0), and
+      // only while it is connected; offline, it learns the seq from Sync or that gap fill.
+      const sender = message.sender;
+      if (event.part === 0 && sender !== undefined && routes.route(ref(sender)) !== undefined) {
+        items.push({
+          devices: [ref(sender)],
+          payload: { case: "message", value: ownMessageEcho(message) },
+          traceparent: event.traceparent,
+        });
+      }
       return dispatcher.dispatch(durable(`m:${message.messageId}:${event.part}`, "message"), items);
     },
 

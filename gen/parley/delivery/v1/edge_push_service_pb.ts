@@ -122,7 +122,8 @@ export type PushItem = Message<"parley.delivery.v1.PushItem"> & {
    */
   payload: {
     /**
-     * A new message, with this device's ciphertext (from MessageStored).
+     * A new message, with this device's ciphertext (from MessageStored); for the message's
+     * sending device, its echo: no ciphertext and no cursor.
      *
      * @generated from field: parley.common.v1.Message message = 2;
      */

@@ -560,14 +560,17 @@ export const ServerReadySchema: GenMessage<ServerReady> = /*@__PURE__*/
  */
 export type ServerMessage = Message<"parley.edge.v1.ServerMessage"> & {
   /**
-   * The message for this device.
+   * The message for this device. A message this device sent itself comes back to it once stored
+   * (while it is connected), with its seq and without ciphertext: the device is no recipient of
+   * its own message, and the seq keeps its view of the conversation free of gaps.
    *
    * @generated from field: parley.common.v1.Message message = 1;
    */
   message?: Message$1 | undefined;
 
   /**
-   * Resume from here after a reconnect (ClientHello.resume_cursor) or a Sync.
+   * Resume from here after a reconnect (ClientHello.resume_cursor) or a Sync. Empty for the echo
+   * of the device's own message, which is not in its inbox.
    *
    * @generated from field: bytes cursor = 2;
    */

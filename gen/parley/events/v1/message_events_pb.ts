@@ -144,7 +144,9 @@ export type MessageStored = Message<"parley.events.v1.MessageStored"> & {
   message?: Message$1 | undefined;
 
   /**
-   * The devices to push to (the sending device excluded), each with its ciphertext and inbox cursor.
+   * The devices to push to (the sending device excluded), each with its ciphertext and inbox
+   * cursor. Delivery also pushes the message's first part back to its sending device, without
+   * ciphertext or cursor, so that device learns its message's seq.
    *
    * @generated from field: repeated parley.events.v1.StoredTarget targets = 2;
    */
