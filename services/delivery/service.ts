@@ -17,6 +17,7 @@ import { ConversationView } from "../../lib/views/conversation-view.ts";
 import { feedConversationView } from "../../lib/views/conversation-view-feed.ts";
 import { createBrokerEphemeralEvents } from "./adapters/broker/ephemeral-events.ts";
 import { startEventConsumers } from "./adapters/broker/event-consumers.ts";
+import { createCoalescingPusher } from "./adapters/grpc/coalescing-pusher.ts";
 import { createGrpcEdgePusher } from "./adapters/grpc/edge-pusher.ts";
 import { createMemoryCheckpointStore } from "./adapters/memory/checkpoint-store.ts";
 import { createMemoryPresenceStore } from "./adapters/memory/presence-store.ts";
@@ -105,7 +106,8 @@ export async function createDeliveryService(options: DeliveryServiceOptions): Pr
 
     const dispatcher = createDispatcher({
       routes,
-      pusher,
+      // What several events push to one host in the same turn goes as one PushBatch call.
+      pusher: createCoalescingPusher(pusher),
       checkpoints,
       metrics: otelDeliveryMetrics(),
       logger,

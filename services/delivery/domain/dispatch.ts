@@ -109,7 +109,8 @@ export function batchIdOf(sourceId: string, hostId: string, chunk: number): stri
   return `${sourceId.slice(0, BATCH_LIMITS.batchIdLength - digest.length - 1)}#${digest}`;
 }
 
-function estimatedSize(item: PlannedItem): number {
+/** A rough upper bound of the bytes one item adds to a PushBatch. */
+export function estimatedSize(item: PlannedItem): number {
   const payload = item.payload;
   const ciphertext = payload.case === "message" ? payload.value.ciphertext.length : 0;
   return 256 + ciphertext + (item.cursor?.length ?? 0) + item.devices.length * 48;
