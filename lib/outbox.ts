@@ -3,6 +3,7 @@ import { context, ROOT_CONTEXT } from "@opentelemetry/api";
 import type { Broker, OutgoingBrokerMessage } from "./broker/broker.ts";
 import { messageContext, withProducerSpan } from "./broker/tracing.ts";
 import type { Logger } from "./logging.ts";
+import { inTransaction, withoutWaitingForDisk } from "./sqlite.ts";
 
 /**
  * The transactional outbox: a service writes the events of a change in the same transaction as
@@ -52,14 +53,12 @@ export function createSqliteOutbox(
       }));
     },
     async markPublished(ids) {
-      db.exec("BEGIN IMMEDIATE");
-      try {
-        for (const id of ids) remove.run(Number(id));
-        db.exec("COMMIT");
-      } catch (err) {
-        db.exec("ROLLBACK");
-        throw err;
-      }
+      // Lost on a power cut, these rows are published again: a duplicate, which consumers take.
+      withoutWaitingForDisk(db, () =>
+        inTransaction(db, () => {
+          for (const id of ids) remove.run(Number(id));
+        }),
+      );
     },
   };
 }

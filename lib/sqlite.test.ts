@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createGroupCommit, openSqlite } from "./sqlite.ts";
+import { createGroupCommit, inTransaction, openSqlite, withoutWaitingForDisk } from "./sqlite.ts";
 
 describe("createGroupCommit", () => {
   let dir: string;
@@ -100,5 +100,38 @@ describe("createGroupCommit", () => {
     expect(committedLabels()).toEqual([]);
     // The next writes go through once the lock is free.
     await expect(group.run(insert("c"))).resolves.toBe(1);
+  });
+});
+
+describe("withoutWaitingForDisk", () => {
+  it("commits with synchronous = NORMAL and gives the connection its own level back, also after a failure", () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-lazy-commit-"));
+    const db = openSqlite(join(dir, "store.db"));
+    try {
+      db.exec("CREATE TABLE item (label TEXT NOT NULL)");
+      const level = () =>
+        Number((db.prepare("PRAGMA synchronous").get() as { synchronous: number }).synchronous);
+      expect(level()).toBe(2); // FULL, as openSqlite sets it
+      const seen = withoutWaitingForDisk(db, () =>
+        inTransaction(db, () => {
+          db.prepare("INSERT INTO item VALUES ('a')").run();
+          return level();
+        }),
+      );
+      expect([seen, level()]).toEqual([1, 2]);
+      expect(() =>
+        withoutWaitingForDisk(db, () => {
+          throw new Error("refused");
+        }),
+      ).toThrow("refused");
+      expect(level()).toBe(2);
+      // The write is committed like any other: another connection reads it.
+      const reader = new DatabaseSync(join(dir, "store.db"));
+      expect(reader.prepare("SELECT label FROM item").all()).toEqual([{ label: "a" }]);
+      reader.close();
+    } finally {
+      db.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -53,6 +53,34 @@ export function inTransaction<T>(db: DatabaseSync, work: () => T): T {
   }
 }
 
+/** Each connection's own `synchronous` level, read once (FULL as opened, unless a test or bench changed it). */
+const syncLevels = new WeakMap<DatabaseSync, number>();
+
+/**
+ * Runs `commit` (a whole transaction) without making it wait for the disk: `synchronous = NORMAL`
+ * for its COMMIT, then the connection's own level again. Only for writes whose loss on a power cut
+ * merely repeats work that tolerates repeats: an outbox row deleted once its event was published
+ * (the event is published again), a broker acknowledgement (the message is delivered again). In
+ * WAL mode such a commit is still atomic and in order: it survives a crash of the process (the
+ * operating system holds the WAL), and it is made durable by the next synced commit of any
+ * connection to the file, since that fsync covers the whole WAL up to it. At 10 or more commits
+ * per message, each fsync blocking the event loop, skipping the harmless ones matters.
+ */
+export function withoutWaitingForDisk<T>(db: DatabaseSync, commit: () => T): T {
+  let level = syncLevels.get(db);
+  if (level === undefined) {
+    level = Number((db.prepare("PRAGMA synchronous").get() as { synchronous: number }).synchronous);
+    syncLevels.set(db, level);
+  }
+  if (level <= 1) return commit(); // already NORMAL (1) or OFF (0)
+  db.exec("PRAGMA synchronous = NORMAL");
+  try {
+    return commit();
+  } finally {
+    db.exec(`PRAGMA synchronous = ${level}`);
+  }
+}
+
 /** Runs writes of one store in shared transactions: see `createGroupCommit`. */
 export interface GroupCommit {
   /**

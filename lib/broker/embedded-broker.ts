@@ -2,7 +2,7 @@ import type { DatabaseSync, SQLOutputValue, StatementSync } from "node:sqlite";
 import { context, ROOT_CONTEXT } from "@opentelemetry/api";
 import type { Logger } from "../logging.ts";
 import { createLogger } from "../logging.ts";
-import { inTransaction, migrate, openSqlite } from "../sqlite.ts";
+import { inTransaction, migrate, openSqlite, withoutWaitingForDisk } from "../sqlite.ts";
 import type {
   Broker,
   BrokerMessage,
@@ -853,21 +853,27 @@ class EmbeddedBrokerImpl implements EmbeddedBroker {
     const s = this.statements;
     let seqs: number[];
     try {
-      seqs = inTransaction(this.db, () => {
-        const out: number[] = [];
-        for (const { message, propertiesJson } of writes) {
-          const result = s.insertMessage.run(
-            message.topic,
-            message.key,
-            message.payload,
-            propertiesJson,
-            message.publishedAt,
-          );
-          out.push(Number(result.lastInsertRowid));
-        }
-        for (const { state, writes: w } of subscriptionWrites) state.persist(w);
-        return out;
-      });
+      // Only acknowledgements and redelivery counts: lost on a power cut, those messages are
+      // delivered again (at least once, as promised), so that commit does not wait for the disk.
+      // A publish (dead-letter moves included) always does.
+      const durable = writes.length > 0;
+      const transaction = () =>
+        inTransaction(this.db, () => {
+          const out: number[] = [];
+          for (const { message, propertiesJson } of writes) {
+            const result = s.insertMessage.run(
+              message.topic,
+              message.key,
+              message.payload,
+              propertiesJson,
+              message.publishedAt,
+            );
+            out.push(Number(result.lastInsertRowid));
+          }
+          for (const { state, writes: w } of subscriptionWrites) state.persist(w);
+          return out;
+        });
+      seqs = durable ? transaction() : withoutWaitingForDisk(this.db, transaction);
     } catch (err) {
       this.logger.error(
         { err },
