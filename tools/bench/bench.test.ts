@@ -104,3 +104,38 @@ describe("npm run bench -- s1 --quick", () => {
     expect(readFileSync(`${base}.svg`, "utf8")).toMatch(/^<svg [^>]*>[\s\S]*<\/svg>$/);
   }, 120_000);
 });
+
+describe("npm run bench -- s2 --quick --clients minimal", () => {
+  const out = mkdtempSync(join(tmpdir(), "parley-bench-test-"));
+  afterAll(() => rmSync(out, { recursive: true, force: true }));
+
+  it("fans each send out to every minimal client of the group's members", async () => {
+    const options = parseBenchOptions(
+      ["s2", "--quick", "--targets", "parley", "--clients", "minimal", "--connections", "2"].concat([
+        "--out",
+        out,
+        "--tag",
+        "smoke",
+      ]),
+    );
+    const { base } = await runBench(options);
+    const json = JSON.parse(readFileSync(`${base}.json`, "utf8"));
+    const [result] = json.data.results as {
+      target: string;
+      devices: number;
+      sends: number;
+      incomplete: number;
+      missing: number;
+      duplicates: number;
+    }[];
+    // 8 members x 2 devices, the sending device left out.
+    expect(result).toMatchObject({
+      target: "parley",
+      devices: 15,
+      sends: 3,
+      incomplete: 0,
+      missing: 0,
+      duplicates: 0,
+    });
+  }, 120_000);
+});

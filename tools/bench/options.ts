@@ -36,6 +36,8 @@ export interface BenchOptions {
   readonly intervalMs: number;
   readonly payloadBytes: number;
   readonly direction: "both" | "one";
+  /** S2 on Parley: the receiving devices as SDK clients, or as minimal clients that ack. */
+  readonly clients: "sdk" | "minimal";
   readonly heartbeatMs: number | undefined;
   readonly cpuProf: boolean;
   /** Experiment: the embedded stores' `PRAGMA synchronous` (Parley uses FULL). */
@@ -72,6 +74,8 @@ options
   --levels N1,N2,..  --streams-per-connection N  --connections N  --source-addresses N
   --members N  --devices-per-member N  --sends N  --interval MS  --payload BYTES
   --direction both|one         s1/s4: both users of a pair write (default), or one
+  --clients sdk|minimal        s2 on Parley: the receiving devices as SDK clients (default), or as
+                               minimal clients that ack each message (the mesh's own figure)
   --heartbeat-ms MS            embedded: the edge's heartbeat interval (s3)
   --cpu-prof                   embedded: run the mesh child under --cpu-prof (profiles in --out/profiles)
   --sqlite-synchronous normal  embedded, experiment: the stores' PRAGMA synchronous (Parley: full)
@@ -118,6 +122,7 @@ export function parseBenchOptions(argv: readonly string[]): BenchOptions {
       interval: { type: "string" },
       payload: { type: "string" },
       direction: { type: "string" },
+      clients: { type: "string" },
       "heartbeat-ms": { type: "string" },
       "cpu-prof": { type: "boolean" },
       "sqlite-synchronous": { type: "string" },
@@ -153,6 +158,8 @@ export function parseBenchOptions(argv: readonly string[]): BenchOptions {
       throw new UsageError(`--pid: expected NAME=PID, got ${entry}`);
     pids[name] = positive(pid, "pid");
   }
+  const clients = values.clients ?? "sdk";
+  if (clients !== "sdk" && clients !== "minimal") throw new UsageError("--clients: sdk or minimal");
   const direction = values.direction ?? "both";
   if (direction !== "both" && direction !== "one") throw new UsageError("--direction: both or one");
   const defaultRates: Record<Scenario, number[]> = {
@@ -190,6 +197,7 @@ export function parseBenchOptions(argv: readonly string[]): BenchOptions {
     intervalMs: num("interval", quick ? 300 : 1000),
     payloadBytes: num("payload", 100),
     direction,
+    clients,
     heartbeatMs:
       values["heartbeat-ms"] === undefined ? undefined : positive(values["heartbeat-ms"], "heartbeat-ms"),
     cpuProf: values["cpu-prof"] === true,

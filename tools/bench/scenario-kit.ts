@@ -43,7 +43,15 @@ export async function openStreams(
   devices: readonly BenchDevice[],
   options: BenchOptions,
   log: DeliveryLog | undefined,
-  extra: { perConnection?: number; heartbeatMs?: number; pool?: ConnectionPool; concurrency?: number } = {},
+  extra: {
+    perConnection?: number;
+    heartbeatMs?: number;
+    pool?: ConnectionPool;
+    concurrency?: number;
+    ack?: boolean;
+    /** A shared payload's stamp names no device: log each delivery under the receiving device. */
+    stampTargetIsReceiver?: boolean;
+  } = {},
 ): Promise<OpenedStreams> {
   const perConnection = extra.perConnection;
   const connections =
@@ -71,7 +79,14 @@ export async function openStreams(
         device: device.index,
         ...(parley ? { token: device.token, hello: true } : {}),
         heartbeatMs: extra.heartbeatMs ?? 0,
-        ...(log === undefined ? {} : { onStamp: (stamp, at) => log.record(stamp, at) }),
+        ...(extra.ack === true ? { ack: true } : {}),
+        ...(log === undefined
+          ? {}
+          : {
+              onStamp: extra.stampTargetIsReceiver
+                ? (stamp, at) => log.record({ ...stamp, target: device.index }, at)
+                : (stamp, at) => log.record(stamp, at),
+            }),
       });
       const first = await stream.ready;
       if (first === undefined && attempt < OPEN_ATTEMPTS) {

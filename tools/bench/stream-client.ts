@@ -1,6 +1,7 @@
 import http2 from "node:http2";
 import net from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { ReceiptKind } from "../../gen/parley/common/v1/message_pb.ts";
 import type { ServerFrame } from "../../gen/parley/edge/v1/frames_pb.ts";
 import { SessionRequestSchema, SessionResponseSchema } from "../../gen/parley/edge/v1/session_service_pb.ts";
 import { grpcFrame } from "./bench-message.ts";
@@ -113,11 +114,33 @@ export interface OpenStreamOptions {
   /** Client heartbeat interval when the first frame names none (the baselines). 0: none. */
   readonly heartbeatMs?: number;
   readonly onStamp?: (stamp: Stamp, at: number) => void;
+  /**
+   * Parley: acknowledge each message frame as DELIVERED up to its seq, as the SDK's auto-ack does,
+   * so the mesh does its whole work per delivery (receipts) while the client stays minimal.
+   */
+  readonly ack?: boolean;
   /** Path of the bidi method. */
   readonly path?: string;
 }
 
 const SESSION_PATH = "/parley.edge.v1.SessionService/Session";
+
+function ackFrame(frameId: bigint, conversationId: string, upToSeq: bigint): Buffer {
+  const request = {
+    frame: {
+      frameId,
+      body: {
+        case: "ack" as const,
+        value: {
+          conversationId,
+          kind: ReceiptKind.DELIVERED,
+          target: { case: "upToSeq" as const, value: upToSeq },
+        },
+      },
+    },
+  };
+  return grpcFrame(toBinary(SessionRequestSchema, create(SessionRequestSchema, request)));
+}
 
 function clientFrame(frameId: bigint, body: "hello" | "heartbeat"): Buffer {
   const request =
@@ -187,6 +210,13 @@ export function openBenchStream(session: http2.ClientHttp2Session, options: Open
     if (where.body === 2 && where.length > 0) {
       const stamp = readStamp(bytes, where.offset, where.length);
       if (stamp !== undefined) options.onStamp?.(stamp, at);
+      if (options.ack === true) {
+        // Decoded only to acknowledge: the ack names the conversation and the seq.
+        const frame = fromBinary(SessionResponseSchema, bytes.subarray(start, end)).frame;
+        const message = frame?.body.case === "message" ? frame.body.value.message : undefined;
+        if (message !== undefined && message.seq > 0n && !stream.closed && !stream.destroyed)
+          stream.write(ackFrame(frameId++, message.conversationId, message.seq));
+      }
     } else {
       otherFrames.set(where.body, (otherFrames.get(where.body) ?? 0) + 1);
     }
