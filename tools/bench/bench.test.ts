@@ -127,6 +127,7 @@ describe("npm run bench -- s2 --quick --clients minimal", () => {
       incomplete: number;
       missing: number;
       duplicates: number;
+      rpcCallsPerSend: Record<string, number>;
     }[];
     // 8 members x 2 devices, the sending device left out.
     expect(result).toMatchObject({
@@ -137,5 +138,9 @@ describe("npm run bench -- s2 --quick --clients minimal", () => {
       missing: 0,
       duplicates: 0,
     });
+    // The census of the mesh's internal calls: one SendMessage per send, and the minimal clients'
+    // acks reached history.
+    expect(result?.rpcCallsPerSend["sender.v1.SenderService/SendMessage"]).toBe(1);
+    expect(result?.rpcCallsPerSend["history.v1.HistoryService/RecordAcknowledgements"]).toBeGreaterThan(0);
   }, 120_000);
 });

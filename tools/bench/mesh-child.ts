@@ -15,6 +15,7 @@ import { parseArgs } from "node:util";
 import { createLogger } from "../../lib/logging.ts";
 import { startEmbeddedMesh } from "../mesh/embedded-mesh.ts";
 import { memoryAfterGc, serveParent } from "./child.ts";
+import { startRpcCensus } from "./rpc-census.ts";
 
 const { values } = parseArgs({
   options: {
@@ -34,6 +35,7 @@ if (values["sqlite-synchronous"] !== undefined) {
   };
 }
 
+const rpcCalls = startRpcCensus();
 const dataDir = mkdtempSync(join(tmpdir(), "parley-bench-mesh-"));
 const mesh = await startEmbeddedMesh({
   dataDir,
@@ -46,7 +48,7 @@ const mesh = await startEmbeddedMesh({
   },
 });
 
-serveParent({ memory: () => memoryAfterGc() }, async () => {
+serveParent({ memory: () => memoryAfterGc(), "rpc-calls": () => rpcCalls() }, async () => {
   try {
     await mesh.stop();
   } finally {

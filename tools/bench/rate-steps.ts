@@ -4,6 +4,7 @@ import type { LatencySummary } from "./latency.ts";
 import type { ProcessUsage } from "./proc-stats.ts";
 import { watchUsage } from "./proc-stats.ts";
 import type { Progress } from "./progress.ts";
+import { callsPer, describeCalls } from "./rpc-census.ts";
 import type { StepRunner } from "./runners.ts";
 
 /** p99 send -> display that a step must stay under to count (issue 8: both ends online, normal load). */
@@ -34,6 +35,8 @@ export interface StepResult {
   readonly monotonicUs: { readonly from: number; readonly to: number };
   readonly usage: readonly ProcessUsage[];
   readonly machine: { busyPercent: number; othersPercent: number; loadavg: readonly number[] };
+  /** The mesh's internal gRPC calls per message sent, by method (embedded Parley only). */
+  readonly rpcCallsPerMessage?: Readonly<Record<string, number>>;
 }
 
 export interface RateStepsResult {
@@ -65,12 +68,15 @@ export async function runRateSteps(options: {
   readonly p99LimitMs?: number;
   /** Run every rate even after a failure (S4 runs one). */
   readonly keepGoing?: boolean;
+  /** The target's internal gRPC calls so far, by method, when it can tell. */
+  readonly rpcCalls?: () => Promise<Record<string, number> | undefined>;
 }): Promise<RateStepsResult & { readonly nextSeq: number }> {
   const limit = options.p99LimitMs ?? P99_LIMIT_MS;
   const steps: StepResult[] = [];
   let seq = options.firstSeq;
   for (const rate of options.rates) {
     const window = options.log.open(`${options.label}@${rate}`, seq);
+    const callsBefore = await options.rpcCalls?.();
     const usage = watchUsage({ ...options.pids, loadgen: process.pid });
     const startedAt = performance.now();
     const started = performance.timeOrigin + startedAt;
@@ -89,6 +95,11 @@ export async function runRateSteps(options: {
     await waitUntil(() => window.missing() <= 0, options.settleMs);
     stopTracking();
     const report = usage.stop();
+    const rpcCallsPerMessage = callsPer(
+      callsBefore,
+      await options.rpcCalls?.(),
+      sent.endSeq - window.firstSeq,
+    );
     const latency = window.latency.summary();
     const lost = Math.max(0, window.missing());
     const errorCount = Object.values(sent.errors).reduce((a, b) => a + b, 0);
@@ -114,6 +125,7 @@ export async function runRateSteps(options: {
         othersPercent: report.machine.othersPercent,
         loadavg: report.machine.loadavgEnd,
       },
+      ...(rpcCallsPerMessage === undefined ? {} : { rpcCallsPerMessage }),
     };
     steps.push(result);
     const cpu = report.processes.map((p) => `${p.name} ${p.cpuPercent.toFixed(0)}%`).join(", ");
@@ -121,7 +133,10 @@ export async function runRateSteps(options: {
       `${options.label} ${rate} msg/s: offered ${result.offeredPerSec.toFixed(0)}/s, delivered ${result.deliveredPerSec.toFixed(0)}/s, ` +
         `p50 ${latency.p50.toFixed(1)} p99 ${latency.p99.toFixed(1)} max ${latency.max.toFixed(1)} ms, lost ${lost}, ` +
         `errors ${errorCount}, dup ${window.duplicates}; cpu ${cpu}; others ${report.machine.othersPercent.toFixed(0)}% -> ${passed ? "ok" : "FAIL"} ` +
-        `(monotonic window ${monotonicFrom}-${monotonicTo})`,
+        `(monotonic window ${monotonicFrom}-${monotonicTo})` +
+        (rpcCallsPerMessage === undefined
+          ? ""
+          : `; internal calls per message: ${describeCalls(rpcCallsPerMessage)}`),
     );
     // A p99 over the limit on a shared machine may be a neighbour's burst: go on while the target
     // still keeps up (nothing lost, delivering what is offered), stop once it saturates.

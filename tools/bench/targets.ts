@@ -19,6 +19,8 @@ export interface Target {
   readonly pids: Readonly<Record<string, number>>;
   /** Memory of the process under test after a full GC (undefined for a cluster). */
   memory(): Promise<Record<string, number> | undefined>;
+  /** The embedded mesh's internal gRPC calls so far, by method (undefined for other targets). */
+  rpcCalls(): Promise<Record<string, number> | undefined>;
   stop(): Promise<void>;
 }
 
@@ -32,6 +34,7 @@ export async function startTarget(name: TargetName, options: BenchOptions): Prom
       child: undefined,
       pids: options.pids,
       memory: async () => undefined,
+      rpcCalls: async () => undefined,
       stop: async () => {},
     };
   }
@@ -84,6 +87,8 @@ export async function startTarget(name: TargetName, options: BenchOptions): Prom
     child,
     pids: { [name === "parley" ? "mesh" : name]: child.pid },
     memory: () => child.request<Record<string, number>>({ type: "memory" }, 60_000),
+    rpcCalls: async () =>
+      name === "parley" ? child.request<Record<string, number>>({ type: "rpc-calls" }, 60_000) : undefined,
     stop: () => child.stop(),
   };
 }

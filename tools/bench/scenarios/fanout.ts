@@ -17,6 +17,7 @@ import type { ProcessUsage } from "../proc-stats.ts";
 import { watchUsage } from "../proc-stats.ts";
 import type { Progress } from "../progress.ts";
 import type { BenchReport, Goal } from "../report.ts";
+import { callsPer, describeCalls } from "../rpc-census.ts";
 import { errorKey } from "../runners.ts";
 import { anonymousDevices, openStreams, runPrefix } from "../scenario-kit.ts";
 import { readStamp, stampPayload } from "../stamp.ts";
@@ -40,6 +41,8 @@ interface FanoutResult {
   readonly errors: Record<string, number>;
   readonly usage: readonly ProcessUsage[];
   readonly memoryPerStream: { rss: number; heapUsed: number } | undefined;
+  /** The mesh's internal gRPC calls per send, by method (embedded Parley only). */
+  readonly rpcCallsPerSend?: Readonly<Record<string, number>>;
 }
 
 /** S2: one sender, a group of `members` x `devicesPerMember` online devices, repeated sends. */
@@ -188,6 +191,7 @@ async function fanoutOnParley(
   const stop = progress.track(
     () => `parley fan-out: ${window.delivered}/${options.sends * recipients.length} deliveries`,
   );
+  const callsBefore = await target.rpcCalls();
   const sends: Promise<unknown>[] = [];
   // For --cpu-prof: the sends' window on the clock the profiles use, without the set-up before it.
   const monotonicFrom = Number(process.hrtime.bigint() / 1000n);
@@ -217,9 +221,13 @@ async function fanoutOnParley(
     `  sends until the last delivery: monotonic window ${monotonicFrom}-${Number(process.hrtime.bigint() / 1000n)}`,
   );
   const report = usage.stop();
+  const rpcCallsPerSend = callsPer(callsBefore, await target.rpcCalls(), options.sends);
   await inBatches([senderClient, ...clients], 100, (c) => c.close());
   opened?.close();
-  const result = summarize(target, window, recipients.length, connectMs, errors, report.processes, memory);
+  const result = {
+    ...summarize(target, window, recipients.length, connectMs, errors, report.processes, memory),
+    ...(rpcCallsPerSend === undefined ? {} : { rpcCallsPerSend }),
+  };
   progress.note(describe(result));
   return result;
 }
@@ -228,7 +236,8 @@ function describe(r: FanoutResult): string {
   return (
     `${r.target}: ${r.sends} sends to ${r.devices} devices: every device has it after p50 ${r.complete.p50.toFixed(1)} ms, ` +
     `p99 ${r.complete.p99.toFixed(1)} ms (per device p50 ${r.perDevice.p50.toFixed(1)}, p99 ${r.perDevice.p99.toFixed(1)} ms); ` +
-    `incomplete ${r.incomplete}, missing ${r.missing}, dup ${r.duplicates}, errors ${JSON.stringify(r.errors)}`
+    `incomplete ${r.incomplete}, missing ${r.missing}, dup ${r.duplicates}, errors ${JSON.stringify(r.errors)}` +
+    (r.rpcCallsPerSend === undefined ? "" : `; internal calls per send: ${describeCalls(r.rpcCallsPerSend)}`)
   );
 }
 

@@ -65,6 +65,7 @@ async function kneeOn(target: Target, options: BenchOptions, progress: Progress)
     settleMs: options.settleMs,
     pids: target.pids,
     firstSeq: 0,
+    rpcCalls: () => target.rpcCalls(),
   };
   let runner: StepRunner;
   let close: () => Promise<void>;

@@ -157,6 +157,7 @@ async function surgeOn(
       settleMs: options.settleMs,
       pids: target.pids,
       firstSeq: 0,
+      rpcCalls: () => target.rpcCalls(),
       p99LimitMs: SURGE_P99_MS,
       keepGoing: true,
     });
