@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import { MessageStoredSchema } from "../../../gen/parley/events/v1/message_events_pb.ts";
 import { createParleyValidator } from "../../../lib/grpc/validation.ts";
 import { decodeCursor } from "./cursor.ts";
-import { MESSAGE_STORED_MAX_BYTES, messageStoredEvents } from "./events.ts";
+import { MESSAGE_STORED_MAX_BYTES, messageStoredEvents, receiptRecordedEvent } from "./events.ts";
 import type { AssignedMessage } from "./history-store.ts";
 
 const validator = createParleyValidator();
@@ -72,5 +72,32 @@ describe("MessageStored events", () => {
 
   it("publish nothing for a message with no target but its sender", () => {
     expect(messageStoredEvents(assigned(0, undefined))).toEqual([]);
+  });
+});
+
+describe("ReceiptRecorded events", () => {
+  it("are keyed by conversation and reader user: one reader's in order, readers side by side", () => {
+    const event = (userId: string, deviceId: string, kind: "delivered" | "read") =>
+      receiptRecordedEvent(
+        {
+          receipt: {
+            conversationId: "0190e8f4-1c7b-7000-8000-00000000c0de",
+            reader: { userId, deviceId },
+            kind,
+            upToSeq: 3,
+            messageIds: [],
+            at: new Date(0),
+          },
+          notifyUserIds: ["alice"],
+        },
+        { eventId: "0190e8f4-1c7b-7000-8000-0000000000e1", recordedAt: new Date(0), traceparent: "" },
+      );
+    const bobPhone = event("bob", "phone", "delivered");
+    expect(bobPhone).toMatchObject({
+      topic: "chat.receipts",
+      key: "0190e8f4-1c7b-7000-8000-00000000c0de/bob",
+    });
+    expect(event("bob", "laptop", "read").key).toBe(bobPhone.key);
+    expect(event("carol", "phone", "delivered").key).not.toBe(bobPhone.key);
   });
 });

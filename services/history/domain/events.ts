@@ -102,7 +102,11 @@ export function messageStoredEvents(
   }));
 }
 
-/** ReceiptRecorded on `chat.receipts` (key = conversation). */
+/**
+ * ReceiptRecorded on `chat.receipts`, keyed by conversation and reader user: one reader's receipts
+ * stay in order (read after delivered, up_to_seq rising), while a big group's thousands of readers
+ * are pushed side by side instead of one after the other (a key is handled one event at a time).
+ */
 export function receiptRecordedEvent(
   recorded: RecordedReceipt,
   facts: { readonly eventId: string; readonly recordedAt: Date; readonly traceparent: string },
@@ -116,10 +120,14 @@ export function receiptRecordedEvent(
   });
   return {
     topic: Topics.receipts,
-    key: recorded.receipt.conversationId,
+    key: receiptEventKey(recorded.receipt),
     payload: toBinary(ReceiptRecordedSchema, event),
     properties: properties(facts.traceparent),
   };
+}
+
+function receiptEventKey(receipt: Pick<ReceiptRecord, "conversationId" | "reader">): string {
+  return `${receipt.conversationId}/${receipt.reader.userId}`;
 }
 
 /** ResendRequested on `chat.resends` (key = conversation). */

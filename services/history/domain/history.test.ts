@@ -303,7 +303,8 @@ describe("history use cases", () => {
     expect(recorded.notifyUserIds).toEqual(["alice", "bob", "carol"]);
     expect(recorded.receipt).toMatchObject({ conversationId: group, upToSeq: 2n, kind: 2, messageIds: [] });
     expect(recorded.receipt?.at?.seconds).toBe(BigInt(clock.getTime() / 1000));
-    expect(event?.key).toBe(group);
+    // Keyed by conversation and reader user, so one reader's receipts stay in order.
+    expect(event?.key).toBe(`${group}/bob`);
     const again = await history.markDelivered({
       device: dev("bob", "laptop"),
       conversationId: group,

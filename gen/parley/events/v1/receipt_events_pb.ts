@@ -23,7 +23,8 @@ export const file_parley_events_v1_receipt_events: GenFile = /*@__PURE__*/
  * it to the connected devices of the users it concerns.
  *
  * Producer: history. Consumer: delivery. Topic: `chat.receipts` (persistent).
- * Pulsar key = conversation_id, so one conversation's receipts arrive in order.
+ * Pulsar key = `<conversation_id>/<reader user_id>`, so one reader's receipts in a conversation
+ * arrive in order, and the receipts of a big group's many readers are handled side by side.
  * Idempotency: event_id. Receipts are also monotonic (a later up_to_seq covers an earlier one), so
  * applying one twice or out of order never moves a client's state backwards.
  *
