@@ -125,6 +125,18 @@ describe("withoutWaitingForDisk", () => {
         }),
       ).toThrow("refused");
       expect(level()).toBe(2);
+      // Inside a transaction SQLite refuses the switch: the work runs as part of it.
+      const inside = inTransaction(db, () => withoutWaitingForDisk(db, () => level()));
+      expect([inside, level()]).toEqual([2, 2]);
+      // A commit that leaves its transaction open is rolled back, and the level comes back.
+      expect(() =>
+        withoutWaitingForDisk(db, () => {
+          db.exec("BEGIN IMMEDIATE");
+          db.prepare("INSERT INTO item VALUES ('left open')").run();
+          throw new Error("no commit");
+        }),
+      ).toThrow("no commit");
+      expect([db.isTransaction, level()]).toEqual([false, 2]);
       // The write is committed like any other: another connection reads it.
       const reader = new DatabaseSync(join(dir, "store.db"));
       expect(reader.prepare("SELECT label FROM item").all()).toEqual([{ label: "a" }]);

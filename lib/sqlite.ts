@@ -72,11 +72,14 @@ export function withoutWaitingForDisk<T>(db: DatabaseSync, commit: () => T): T {
     level = Number((db.prepare("PRAGMA synchronous").get() as { synchronous: number }).synchronous);
     syncLevels.set(db, level);
   }
-  if (level <= 1) return commit(); // already NORMAL (1) or OFF (0)
+  // Already NORMAL (1) or OFF (0); or inside a transaction, where SQLite refuses the change.
+  if (level <= 1 || db.isTransaction) return commit();
   db.exec("PRAGMA synchronous = NORMAL");
   try {
     return commit();
   } finally {
+    // A commit that left its transaction open would keep the connection's level from coming back.
+    if (db.isTransaction) db.exec("ROLLBACK");
     db.exec(`PRAGMA synchronous = ${level}`);
   }
 }

@@ -107,7 +107,7 @@ export async function createDeliveryService(options: DeliveryServiceOptions): Pr
     const dispatcher = createDispatcher({
       routes,
       // What several events push to one host in the same turn goes as one PushBatch call.
-      pusher: createCoalescingPusher(pusher),
+      pusher: createCoalescingPusher(pusher, options.retry === undefined ? {} : { retry: options.retry }),
       checkpoints,
       metrics: otelDeliveryMetrics(),
       logger,

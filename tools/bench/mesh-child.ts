@@ -1,6 +1,7 @@
 // The embedded mesh in its own process for the benchmarks, so its CPU and memory are measured
 // apart from the load generator's. Data in a fresh temp folder, removed on stop. Driven over IPC
-// by tools/bench/child.ts: answers "memory" (after a full GC when started with --expose-gc).
+// by tools/bench/child.ts: answers "memory" (after a full GC when started with --expose-gc) and
+// "rpc-calls" (its internal gRPC calls so far, by method: rpc-census.ts).
 //
 //   node tools/bench/mesh-child.ts [--heartbeat-ms N] [--queue-limit N] [--sqlite-synchronous normal]
 //
@@ -31,7 +32,12 @@ if (values["sqlite-synchronous"] !== undefined) {
     throw new Error("--sqlite-synchronous: full, normal or off");
   const exec = DatabaseSync.prototype.exec;
   DatabaseSync.prototype.exec = function (this: DatabaseSync, sql: string) {
-    return exec.call(this, /^\s*PRAGMA synchronous\s*=/i.test(sql) ? `PRAGMA synchronous = ${level}` : sql);
+    // Only the level every store opens with: the commits that skip the fsync on purpose
+    // (withoutWaitingForDisk) switch to NORMAL and back by number, and keep doing so.
+    return exec.call(
+      this,
+      /^\s*PRAGMA synchronous\s*=\s*FULL\s*$/i.test(sql) ? `PRAGMA synchronous = ${level}` : sql,
+    );
   };
 }
 

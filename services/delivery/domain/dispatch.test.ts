@@ -79,6 +79,15 @@ describe("dispatcher", () => {
     expect(await h.checkpoints.has(`${source.id}@h1#0`)).toBe(true);
   });
 
+  it("gives a batch up at once when its call was already retried as a whole (a merged call)", async () => {
+    const h = testDispatcher(world);
+    h.pusher.answer = () => new PushCallError("unavailable", true, "UNAVAILABLE", undefined, true);
+    const result = await h.dispatcher.dispatch(source, [receiptTo("bob/phone")]);
+    expect(result).toMatchObject({ pushed: 0, failed: 1, unreachable: 1 });
+    expect([h.pusher.calls.length, h.sleeps]).toEqual([1, []]);
+    expect(await h.checkpoints.has(`${source.id}@h1#0`)).toBe(false);
+  });
+
   it("gives up after the last attempt without a checkpoint, and fails that host's next batches at once for a while", async () => {
     let t = 0;
     const h = testDispatcher(world, { now: () => t, hostCooldownMs: 1_000 });

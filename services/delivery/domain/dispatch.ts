@@ -174,7 +174,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         return await pusher.push(host, batch);
       } catch (err) {
         const retryable = err instanceof PushCallError && err.retryable;
-        if (retryable && attempt < retry.attempts) {
+        if (retryable && !err.exhausted && attempt < retry.attempts) {
           const delay = Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** (attempt - 1));
           await sleep(delay * (0.5 + random() / 2));
           continue;

@@ -78,11 +78,17 @@ export class PushCallError extends Error {
   readonly retryable: boolean;
   /** The status reason, e.g. WRONG_HOST, UNAVAILABLE. */
   readonly reason: string;
+  /**
+   * Retried as often as the policy allows already (a merged call the coalescing pusher retried as
+   * a whole, under its own id): the caller gives the batch up at once instead of retrying it.
+   */
+  readonly exhausted: boolean;
 
-  constructor(message: string, retryable: boolean, reason: string, cause?: unknown) {
+  constructor(message: string, retryable: boolean, reason: string, cause?: unknown, exhausted = false) {
     super(message, cause === undefined ? undefined : { cause });
     this.retryable = retryable;
     this.reason = reason;
+    this.exhausted = exhausted;
   }
 }
 

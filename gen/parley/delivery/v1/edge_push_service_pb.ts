@@ -36,7 +36,8 @@ export const file_parley_delivery_v1_edge_push_service: GenFile = /*@__PURE__*/
 export type PushBatchRequest = Message<"parley.delivery.v1.PushBatchRequest"> & {
   /**
    * Chosen by delivery and stable across retries of the same batch (derived from the source event
-   * and the host), for logs and so the edge can drop an exact retry it already pushed.
+   * and the host, or from the ids of the batches one call carries), for logs and so the edge can
+   * drop an exact retry it already pushed.
    *
    * @generated from field: string batch_id = 1;
    */

@@ -132,16 +132,41 @@ describe("createCoalescingPusher", () => {
     expect(inner.calls.map((c) => c.batch.routes.map((r) => r.revision))).toEqual([[1n, 1n], [1n], [2n]]);
   });
 
-  it("fails every batch of a call that failed retryably; a refused merged call is sent again batch by batch", async () => {
+  it("retries a merged call as a whole under its id, then fails each batch as exhausted; WRONG_HOST fails them all", async () => {
     const unavailable = new PushCallError("down", true, "UNAVAILABLE");
-    const down = createCoalescingPusher(recording(() => unavailable).pusher);
+    const flaky = recording(() => unavailable);
+    const delays: number[] = [];
+    const down = createCoalescingPusher(flaky.pusher, {
+      sleep: async (ms) => {
+        delays.push(ms);
+      },
+      random: () => 1,
+    });
     const outcomes = await Promise.allSettled([
       down.push(h1, batch("a", "alice")),
       down.push(h1, batch("b", "bob")),
     ]);
-    expect(outcomes.map((o) => (o.status === "rejected" ? o.reason : o.status))).toEqual([
-      unavailable,
-      unavailable,
+    // The dispatcher's policy: 3 calls, 100 then 200 ms apart, each the same request (the edge
+    // drops an exact retry it already pushed by its id).
+    expect(flaky.calls.map((c) => c.batch.batchId)).toEqual(Array(3).fill(flaky.calls[0]?.batch.batchId));
+    expect(flaky.calls[0]?.batch.batchId).toMatch(/^merged:2:/);
+    expect(delays).toEqual([100, 200]);
+    for (const outcome of outcomes) {
+      expect(outcome.status).toBe("rejected");
+      const reason = outcome.status === "rejected" ? (outcome.reason as PushCallError) : undefined;
+      expect([reason?.retryable, reason?.exhausted, reason?.reason]).toEqual([true, true, "UNAVAILABLE"]);
+    }
+
+    const moved = recording(() => new PushCallError("moved", false, "WRONG_HOST"));
+    const wrongHost = createCoalescingPusher(moved.pusher);
+    const refused = await Promise.allSettled([
+      wrongHost.push(h1, batch("a", "alice")),
+      wrongHost.push(h1, batch("b", "bob")),
+    ]);
+    expect(moved.calls).toHaveLength(1);
+    expect(refused.map((o) => o.status === "rejected" && (o.reason as PushCallError).reason)).toEqual([
+      "WRONG_HOST",
+      "WRONG_HOST",
     ]);
 
     // The edge refuses any batch holding bob's item: only bob's batch is refused in the end.

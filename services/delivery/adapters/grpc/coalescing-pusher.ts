@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import type { Context } from "@opentelemetry/api";
 import { context, TraceFlags, trace } from "@opentelemetry/api";
+import type { DispatcherOptions } from "../../domain/dispatch.ts";
 import { BATCH_LIMITS, estimatedSize } from "../../domain/dispatch.ts";
 import type {
   EdgeHostRef,
@@ -14,6 +15,10 @@ import { PushCallError } from "../../domain/ports.ts";
 export interface CoalescingPusherOptions {
   /** Runs the flush of what one turn queued; default `setImmediate` (after the turn's I/O callbacks). */
   readonly schedule?: (flush: () => void) => void;
+  /** How a merged call is retried as a whole: the dispatcher's policy (default 3 calls, 100 ms, 200 ms). */
+  readonly retry?: DispatcherOptions["retry"];
+  readonly sleep?: (ms: number) => Promise<void>;
+  readonly random?: () => number;
 }
 
 interface Queued {
@@ -54,14 +59,19 @@ function isSampled(active: Context): boolean {
  * - At most one batch from a sampled trace per call, and the call runs in that batch's context,
  *   so a traced message still has its PushBatch and edge spans in its own trace. Unsampled batches
  *   join any call.
- * - A merged call gets an id of its own (a digest of its batches' ids): the edge drops an exact
- *   retry by id, and a retry of one batch may be merged with others.
- * - A call that fails retryably fails each of its batches (each caller retries its own, and those
- *   retries merge again); a refused merged call (WRONG_HOST, INVALID_ARGUMENT) is sent again one
- *   batch per call, so only the batch at fault is refused.
+ * - A merged call gets an id of its own (a digest of its batches' ids). One that fails
+ *   retryably (UNAVAILABLE, DEADLINE_EXCEEDED) is retried as a whole, the same request under the
+ *   same id, so the edge still drops an exact retry of what it already pushed, with the
+ *   dispatcher's backoff; after the last call each batch fails as `exhausted`, which the dispatcher
+ *   gives up at once (no retries of its own; the event comes back).
+ * - WRONG_HOST fails every batch of the call. Another refusal (INVALID_ARGUMENT) sends the batches
+ *   again one per call, so only the batch at fault is refused.
  */
 export function createCoalescingPusher(inner: EdgePusher, options: CoalescingPusherOptions = {}): EdgePusher {
   const schedule = options.schedule ?? ((flush: () => void) => void setImmediate(flush));
+  const retry = options.retry ?? { attempts: 3, baseDelayMs: 100, maxDelayMs: 1_000 };
+  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
+  const random = options.random ?? Math.random;
   /** Per host (id and address), what this turn queued, in order. */
   const queues = new Map<string, { host: EdgeHostRef; queued: Queued[] }>();
 
@@ -69,7 +79,15 @@ export function createCoalescingPusher(inner: EdgePusher, options: CoalescingPus
     const hosts = [...queues.values()];
     queues.clear();
     for (const { host, queued } of hosts) {
-      for (const merge of plan(queued)) void send(host, merge);
+      let merges: Merge[];
+      try {
+        merges = plan(queued);
+      } catch (error) {
+        // Never leave a caller waiting: a planning bug fails its batches, and their events come back.
+        for (const part of queued) part.reject(error);
+        continue;
+      }
+      for (const merge of merges) void send(host, merge);
     }
   };
 
@@ -77,14 +95,15 @@ export function createCoalescingPusher(inner: EdgePusher, options: CoalescingPus
     push(host, batch) {
       return new Promise<PushBatchResult>((resolve, reject) => {
         const key = `${host.hostId}@${host.pushAddress}`;
+        const first = queues.size === 0;
         let queue = queues.get(key);
         if (queue === undefined) {
-          if (queues.size === 0) schedule(flush);
           queue = { host, queued: [] };
           queues.set(key, queue);
         }
         const active = context.active();
         queue.queued.push({ batch, context: active, sampled: isSampled(active), resolve, reject });
+        if (first) schedule(flush);
       });
     },
   };
@@ -104,19 +123,32 @@ export function createCoalescingPusher(inner: EdgePusher, options: CoalescingPus
       items: parts.flatMap((p) => p.batch.items),
     };
     let result: PushBatchResult;
-    try {
-      result = await context.with(lead.context, () => inner.push(host, batch));
-    } catch (error) {
-      if (error instanceof PushCallError && !error.retryable) {
-        await Promise.all(
-          parts.map((part) =>
-            settle(part, () => context.with(part.context, () => inner.push(host, part.batch))),
-          ),
-        );
-      } else {
-        for (const part of parts) part.reject(error);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        result = await context.with(lead.context, () => inner.push(host, batch));
+        break;
+      } catch (error) {
+        const failed = error instanceof PushCallError ? error : undefined;
+        if (failed?.retryable === true && attempt < retry.attempts) {
+          const delay = Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** (attempt - 1));
+          await sleep(delay * (0.5 + random() / 2));
+          continue;
+        }
+        if (failed !== undefined && !failed.retryable && failed.reason !== "WRONG_HOST") {
+          await Promise.all(
+            parts.map((part) =>
+              settle(part, () => context.with(part.context, () => inner.push(host, part.batch))),
+            ),
+          );
+          return;
+        }
+        const final =
+          failed?.retryable === true
+            ? new PushCallError(failed.message, true, failed.reason, failed, true)
+            : error;
+        for (const part of parts) part.reject(final);
+        return;
       }
-      return;
     }
     const byDevice = new Map(result.results.map((r) => [deviceKey(r.device), r]));
     for (const part of parts) {
