@@ -115,6 +115,8 @@ describe.runIf(targets)("tracing a group message across the cluster's processes"
     const devices = members.flatMap((member) => member.devices);
     const sender = alice.primary;
     const recipients = devices.filter((device) => device !== sender);
+    // Pushed: every recipient, and the sending device its echo (the seq, no ciphertext).
+    const pushedDevices = [...recipients, sender];
     const edgeOf = (device: { userId: string; deviceId: string }) => {
       const edge = placement.get(`${device.userId}/${device.deviceId}`);
       if (edge === undefined) throw new Error(`no edge for ${device.userId}/${device.deviceId}`);
@@ -288,7 +290,7 @@ describe.runIf(targets)("tracing a group message across the cluster's processes"
         `${edge}'s edge.push span`,
       );
       childOf(push, server);
-      const hosted = recipients.filter((device) => edgeOf(device) === edge).map(address);
+      const hosted = pushedDevices.filter((device) => edgeOf(device) === edge).map(address);
       expect(strings(push.attributes["parley.device_ids"]).sort(), `devices pushed by ${edge}`).toEqual(
         hosted.sort(),
       );
@@ -406,10 +408,10 @@ describe.runIf(targets)("tracing a group message across the cluster's processes"
     const pushLines = pushed.split("\n").filter((line) => /^ {2}\+\S+ {2}\d\/\d devices pushed: /.test(line));
     expect(pushLines).toHaveLength(edgeProcesses.length);
     expect(pushLines.flatMap((line) => line.split(": ")[1]?.split(", ") ?? []).sort()).toEqual(
-      recipients.map(address).sort(),
+      pushedDevices.map(address).sort(),
     );
     for (const edge of edgeProcesses) {
-      const count = recipients.filter((device) => edgeOf(device) === edge).length;
+      const count = pushedDevices.filter((device) => edgeOf(device) === edge).length;
       expect(tree).toMatch(line(9, "edge", "edge.push", `${count}/${count} devices pushed`));
     }
     for (const device of recipients) {
