@@ -2,6 +2,7 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -157,6 +158,50 @@ describe("embedded broker", () => {
     await waitFor(() => again.length === 3, "m3, m4, m5");
     expect(again.filter((m) => m.startsWith("b="))).toEqual(["b=m3", "b=m4"]);
     expect(again).toContain("a=m5");
+  });
+
+  it("waits for the disk on every commit that publishes, dead-letter moves included, not on one that only acknowledges", async () => {
+    const broker = await open();
+    // Whether each COMMIT ran with the connection switched to synchronous = NORMAL.
+    const commits: boolean[] = [];
+    let lazy = false;
+    const exec = DatabaseSync.prototype.exec;
+    DatabaseSync.prototype.exec = function (this: DatabaseSync, sql: string) {
+      if (/^PRAGMA synchronous = NORMAL$/.test(sql)) lazy = true;
+      else if (/^PRAGMA synchronous = \d$/.test(sql)) lazy = false;
+      else if (sql === "COMMIT") commits.push(lazy);
+      return exec.call(this, sql);
+    };
+    try {
+      const seen: string[] = [];
+      const dead: BrokerMessage[] = [];
+      await broker.subscribe("plain", { subscription: "s" }, async (m) => {
+        seen.push(text(m));
+      });
+      await broker.subscribe("poison", { subscription: "s", maxRedeliveries: 0 }, async () => {
+        throw new Error("no");
+      });
+      await broker.subscribe("poison-s-DLQ", { subscription: "d" }, async (m) => {
+        dead.push(m);
+      });
+
+      let from = commits.length;
+      await broker.publish("plain", { key: "k", payload: encoder.encode("hello") });
+      expect(commits.slice(from)).toEqual([false]);
+      from = commits.length;
+      await waitFor(() => seen.length === 1 && commits.length > from, "the acknowledgement's commit");
+      expect(commits.slice(from)).toEqual([true]);
+
+      from = commits.length;
+      await broker.publish("poison", { key: "k", payload: encoder.encode("p") });
+      await waitFor(() => dead.length === 1, "the dead letter");
+      await waitFor(() => commits.length >= from + 3, "the dead letter's acknowledgement");
+      // The publish, then the move to the dead-letter topic (with the poison's acknowledgement),
+      // both synced; then the dead-letter subscription's acknowledgement alone, not.
+      expect(commits.slice(from, from + 3)).toEqual([false, false, true]);
+    } finally {
+      DatabaseSync.prototype.exec = exec;
+    }
   });
 
   it("keeps redelivery counts across a restart, so a poison message still reaches the dead-letter topic", async () => {
