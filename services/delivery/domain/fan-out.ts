@@ -119,7 +119,7 @@ export function createFanOut(options: FanOutOptions): FanOut {
       // The sending device is no target (it has no ciphertext of its own), but it needs the seq
       // history gave its message: without it every message it sent would be a seq gap it fetches
       // with ListMessages when its partner's next message arrives. Once per message (part 0), and
-      // only while it is connected; offline, it learns the seq from Sync or that gap fill.
+      // only while it is connected; a device that was offline fills that gap later, as before.
       const sender = message.sender;
       if (event.part === 0 && sender !== undefined && routes.route(ref(sender)) !== undefined) {
         items.push({
