@@ -61,6 +61,22 @@ export interface DispatchSummary {
   readonly unreachable: number;
 }
 
+/** A push call's retry policy: `attempts` calls in all, exponential backoff with jitter between them. */
+export type PushRetryPolicy = {
+  readonly attempts: number;
+  readonly baseDelayMs: number;
+  readonly maxDelayMs: number;
+};
+
+/** 3 calls in all, 100 ms then 200 ms apart (before jitter). */
+export const DEFAULT_PUSH_RETRY: PushRetryPolicy = { attempts: 3, baseDelayMs: 100, maxDelayMs: 1_000 };
+
+/** The wait before call `attempt + 1`: doubling from the base, capped, with jitter down to half. */
+export function pushRetryDelay(retry: PushRetryPolicy, attempt: number, random: () => number): number {
+  const delay = Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** (attempt - 1));
+  return delay * (0.5 + random() / 2);
+}
+
 export interface DispatcherOptions {
   readonly routes: RouteDirectory;
   readonly pusher: EdgePusher;
@@ -72,7 +88,7 @@ export interface DispatcherOptions {
    * DEADLINE_EXCEEDED, with exponential backoff and jitter between them. Default 3 calls,
    * 100 ms then 200 ms (at most `maxDelayMs`).
    */
-  readonly retry?: { readonly attempts: number; readonly baseDelayMs: number; readonly maxDelayMs: number };
+  readonly retry?: PushRetryPolicy;
   /**
    * After a host failed a batch for good, further batches for it fail at once for this long, so a
    * dead host (until its lease expires) does not hold every conversation that has a device on it
@@ -94,7 +110,7 @@ export interface Dispatcher {
   dispatch(source: DispatchSource, items: readonly PlannedItem[]): Promise<DispatchSummary>;
 }
 
-function deviceKey(device: DeviceRef): string {
+export function deviceKey(device: DeviceRef): string {
   return `${device.userId}/${device.deviceId}`;
 }
 
@@ -150,7 +166,7 @@ function chunk(items: readonly PlannedItem[], routes: ReadonlyMap<string, Resolv
 
 export function createDispatcher(options: DispatcherOptions): Dispatcher {
   const { routes, pusher, checkpoints, metrics, logger } = options;
-  const retry = options.retry ?? { attempts: 3, baseDelayMs: 100, maxDelayMs: 1_000 };
+  const retry = options.retry ?? DEFAULT_PUSH_RETRY;
   const hostCooldownMs = options.hostCooldownMs ?? 3_000;
   const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
   const now = options.now ?? Date.now;
@@ -175,8 +191,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       } catch (err) {
         const retryable = err instanceof PushCallError && err.retryable;
         if (retryable && !err.exhausted && attempt < retry.attempts) {
-          const delay = Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** (attempt - 1));
-          await sleep(delay * (0.5 + random() / 2));
+          await sleep(pushRetryDelay(retry, attempt, random));
           continue;
         }
         if (retryable) coolingDown.set(hostKey, now() + hostCooldownMs);

@@ -1,8 +1,14 @@
 import { createHash } from "node:crypto";
 import type { Context } from "@opentelemetry/api";
 import { context, TraceFlags, trace } from "@opentelemetry/api";
-import type { DispatcherOptions } from "../../domain/dispatch.ts";
-import { BATCH_LIMITS, estimatedSize } from "../../domain/dispatch.ts";
+import type { PushRetryPolicy } from "../../domain/dispatch.ts";
+import {
+  BATCH_LIMITS,
+  DEFAULT_PUSH_RETRY,
+  deviceKey,
+  estimatedSize,
+  pushRetryDelay,
+} from "../../domain/dispatch.ts";
 import type {
   EdgeHostRef,
   EdgePusher,
@@ -16,7 +22,7 @@ export interface CoalescingPusherOptions {
   /** Runs the flush of what one turn queued; default `setImmediate` (after the turn's I/O callbacks). */
   readonly schedule?: (flush: () => void) => void;
   /** How a merged call is retried as a whole: the dispatcher's policy (default 3 calls, 100 ms, 200 ms). */
-  readonly retry?: DispatcherOptions["retry"];
+  readonly retry?: PushRetryPolicy;
   readonly sleep?: (ms: number) => Promise<void>;
   readonly random?: () => number;
 }
@@ -38,9 +44,6 @@ interface Merge {
   /** The one sampled part, if any: the call runs in its context, so its trace shows the push. */
   lead: Queued | undefined;
 }
-
-const deviceKey = (device: { readonly userId: string; readonly deviceId: string }) =>
-  `${device.userId}/${device.deviceId}`;
 
 function isSampled(active: Context): boolean {
   const span = trace.getSpan(active);
@@ -69,7 +72,7 @@ function isSampled(active: Context): boolean {
  */
 export function createCoalescingPusher(inner: EdgePusher, options: CoalescingPusherOptions = {}): EdgePusher {
   const schedule = options.schedule ?? ((flush: () => void) => void setImmediate(flush));
-  const retry = options.retry ?? { attempts: 3, baseDelayMs: 100, maxDelayMs: 1_000 };
+  const retry = options.retry ?? DEFAULT_PUSH_RETRY;
   const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
   const random = options.random ?? Math.random;
   /** Per host (id and address), what this turn queued, in order. */
@@ -130,8 +133,7 @@ export function createCoalescingPusher(inner: EdgePusher, options: CoalescingPus
       } catch (error) {
         const failed = error instanceof PushCallError ? error : undefined;
         if (failed?.retryable === true && attempt < retry.attempts) {
-          const delay = Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** (attempt - 1));
-          await sleep(delay * (0.5 + random() / 2));
+          await sleep(pushRetryDelay(retry, attempt, random));
           continue;
         }
         if (failed !== undefined && !failed.retryable && failed.reason !== "WRONG_HOST") {
