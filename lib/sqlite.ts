@@ -109,13 +109,15 @@ type QueuedWork = {
  * itself. Callers get their result only after the COMMIT, exactly as with `inTransaction`, so
  * nothing is acknowledged before it is durable; the price is waiting for the end of the current
  * event-loop turn. At most `maxBatch` writes share a transaction, so one flush cannot hold the
- * event loop for long.
+ * event loop for long: the default, 1,024, is one RecordAcknowledgements call's worth of acks
+ * (~70 ms of work on this machine); 256 made four commits of it, and their WAL writes and fsyncs
+ * cost a 5,000-device group send ~100 ms more (tools/bench/history-store-fanout.ts).
  */
 export function createGroupCommit(
   db: DatabaseSync,
   options: { readonly maxBatch?: number } = {},
 ): GroupCommit {
-  const maxBatch = options.maxBatch ?? 256;
+  const maxBatch = options.maxBatch ?? 1024;
   let queue: QueuedWork[] = [];
   let scheduled = false;
 

@@ -112,13 +112,16 @@ export function createSqliteHistoryStore(options: SqliteHistoryStoreOptions): Hi
     if ("upToSeq" in input.target) {
       ackedUpTo = Math.min(input.target.upToSeq, last);
       q.clearInboxUpTo.run(reader.userId, reader.deviceId, conversationId, ackedUpTo);
-      newly = (
-        pendingColumn.range.all(conversationId, reader.userId, watermark, ackedUpTo, now) as Row[]
-      ).map((row) => ({
-        seq: Number(row.seq),
-        messageId: String(row.message_id),
-        senderUserId: String(row.sender_user_id),
-      }));
+      // Another device of the user acknowledged this far already (a group's members have several).
+      if (ackedUpTo > watermark) {
+        newly = (
+          pendingColumn.range.all(conversationId, reader.userId, watermark, ackedUpTo, now) as Row[]
+        ).map((row) => ({
+          seq: Number(row.seq),
+          messageId: String(row.message_id),
+          senderUserId: String(row.sender_user_id),
+        }));
+      }
     } else {
       for (const messageId of new Set(input.target.messageIds)) {
         const row = q.messageById.get(messageId) as Row | undefined;
@@ -141,6 +144,7 @@ export function createSqliteHistoryStore(options: SqliteHistoryStoreOptions): Hi
 
     // 4. The watermarks: the first seq still pending above each decides how far it may go.
     const firstPending = (statement: StatementSync, from: number): number | undefined => {
+      if (from >= last) return undefined; // no seq above the last one: the usual case of a caught-up reader
       const row = statement.get(conversationId, reader.userId, from, now) as Row | undefined;
       return row === undefined || row.seq === null ? undefined : Number(row.seq);
     };
@@ -204,13 +208,13 @@ export function createSqliteHistoryStore(options: SqliteHistoryStoreOptions): Hi
         const device = { userId, deviceId: String(row.device_id) };
         if (sameDevice(device, reader)) continue;
         const previous = q.inboxReceipt.get(userId, device.deviceId, conversationId, key) as Row | undefined;
-        if (previous !== undefined) q.deleteInboxItem.run(userId, device.deviceId, Number(previous.position));
         const merged = mergeReceipt(
           previous === undefined ? undefined : parseReceipt(String(previous.receipt)),
           receipt,
         );
         const position = bumpPosition(device, Number(row.last_seen_at));
-        q.insertInboxReceipt.run(
+        // Moves the earlier receipt of the same key, if any, to the new position with the merge.
+        q.placeInboxReceipt.run(
           userId,
           device.deviceId,
           position,
@@ -529,16 +533,15 @@ function statements(db: DatabaseSync) {
       `INSERT INTO history_inbox (user_id, device_id, position, conversation_id, seq, expires_at)
        VALUES (?, ?, ?, ?, ?, ?)`,
     ),
-    insertInboxReceipt: db.prepare(
+    placeInboxReceipt: db.prepare(
       `INSERT INTO history_inbox (user_id, device_id, position, conversation_id, receipt_key, receipt, expires_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?)`,
+       VALUES (?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (user_id, device_id, conversation_id, receipt_key) WHERE receipt_key IS NOT NULL
+       DO UPDATE SET position = excluded.position, receipt = excluded.receipt, expires_at = excluded.expires_at`,
     ),
     inboxReceipt: db.prepare(
       `SELECT position, receipt FROM history_inbox
        WHERE user_id = ? AND device_id = ? AND conversation_id = ? AND receipt_key = ?`,
-    ),
-    deleteInboxItem: db.prepare(
-      "DELETE FROM history_inbox WHERE user_id = ? AND device_id = ? AND position = ?",
     ),
     clearInboxUpTo: db.prepare(
       `DELETE FROM history_inbox
