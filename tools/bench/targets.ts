@@ -1,5 +1,6 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { SERVER_NODE_FLAGS } from "../../lib/server-node-flags.ts";
 import type { BenchChild } from "./child.ts";
 import { startChild } from "./child.ts";
 import type { BenchOptions, TargetName } from "./options.ts";
@@ -38,7 +39,8 @@ export async function startTarget(name: TargetName, options: BenchOptions): Prom
       stop: async () => {},
     };
   }
-  const nodeFlags = ["--expose-gc"];
+  // The baselines run with the server flags too, so the ratios compare code, not runtime settings.
+  const nodeFlags = ["--expose-gc", ...SERVER_NODE_FLAGS];
   if (options.cpuProf) {
     const dir = join(options.outDir, "profiles");
     mkdirSync(dir, { recursive: true });
