@@ -18,13 +18,23 @@ import type { DeviceRef } from "./model.ts";
 export const CURSOR_VERSION = 1;
 export const CURSOR_LENGTH = 17;
 
+/** Tags of recently seen devices: a 5,000-device group message needs each tag again and again. */
+const recentTags = new Map<string, Uint8Array>();
+const RECENT_TAGS_MAX = 20_000;
+
+/** The device's 8-byte tag (shared between calls: read it, never write it). */
 export function deviceTag(device: DeviceRef): Uint8Array {
-  return new Uint8Array(
-    createHash("sha256")
-      .update(`parley.history.cursor.v1\0${device.userId}\0${device.deviceId}`, "utf8")
-      .digest()
-      .subarray(0, 8),
-  );
+  const key = `${device.userId}\0${device.deviceId}`;
+  let tag = recentTags.get(key);
+  if (tag === undefined) {
+    tag = new Uint8Array(
+      createHash("sha256").update(`parley.history.cursor.v1\0${key}`, "utf8").digest().subarray(0, 8),
+    );
+    // Oldest first out (a Map iterates in insertion order): enough to keep a big group's devices.
+    if (recentTags.size >= RECENT_TAGS_MAX) recentTags.delete(recentTags.keys().next().value as string);
+    recentTags.set(key, tag);
+  }
+  return tag;
 }
 
 export function encodeCursor(device: DeviceRef, position: number): Uint8Array {
