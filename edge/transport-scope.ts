@@ -2,11 +2,13 @@ import { AsyncLocalStorage } from "node:async_hooks";
 import http2 from "node:http2";
 import type { NodeHandlerFn } from "./http-server.ts";
 
-/** The Node response a request is answered on (HTTP/1.1 or HTTP/2), as connect-node types it. */
+/** The Node request and response of a call (HTTP/1.1 or HTTP/2), as connect-node types them. */
+export type NodeRequest = Parameters<NodeHandlerFn>[0];
 export type NodeResponse = Parameters<NodeHandlerFn>[1];
 
 interface Transport {
   readonly abort: () => void;
+  readonly request: NodeRequest;
   readonly response: NodeResponse;
 }
 
@@ -19,8 +21,8 @@ const HALF_OPEN_GRACE_MS = 500;
  * Runs each request of `handler` with what Connect's handler context does not offer: a way to cut
  * its HTTP stream (a device stream whose client stopped reading can never finish its last writes,
  * so after a grace period the edge resets it: HTTP/2 RST_STREAM CANCEL; HTTP/1.1: the socket), and
- * the Node response itself, which the device streams write their frames to directly
- * (frame-writer.ts).
+ * the Node request and response themselves, which the device streams read their client frames
+ * from (client-frames.ts) and write their frames to (frame-writer.ts) directly.
  */
 export function withTransportAbort(handler: NodeHandlerFn): NodeHandlerFn {
   return (req, res) => {
@@ -46,13 +48,18 @@ export function withTransportAbort(handler: NodeHandlerFn): NodeHandlerFn {
         res.destroy();
       }
     };
-    scope.run({ abort, response: res }, () => handler(req, res));
+    scope.run({ abort, request: req, response: res }, () => handler(req, res));
   };
 }
 
 /** The abort of the request being handled, when it runs under `withTransportAbort`. */
 export function currentTransportAbort(): (() => void) | undefined {
   return scope.getStore()?.abort;
+}
+
+/** The Node request being handled, when it runs under `withTransportAbort`. */
+export function currentRequest(): NodeRequest | undefined {
+  return scope.getStore()?.request;
 }
 
 /** The Node response of the request being handled, when it runs under `withTransportAbort`. */

@@ -1,0 +1,90 @@
+import http2 from "node:http2";
+import { fromBinary } from "@bufbuild/protobuf";
+import type { SessionRequest } from "../gen/parley/edge/v1/session_service_pb.ts";
+import { SessionRequestSchema } from "../gen/parley/edge/v1/session_service_pb.ts";
+import type { NodeRequest } from "./transport-scope.ts";
+
+/**
+ * Request content types whose client stream is binary protobuf in the 5-byte envelope (flags,
+ * big-endian length) that gRPC and the Connect streaming protocol share.
+ */
+const ENVELOPED_PROTO = new Set(["application/grpc", "application/grpc+proto", "application/connect+proto"]);
+
+/** Request headers that name a compression of the client's messages (gRPC; Connect streams). */
+const REQUEST_COMPRESSION_HEADERS = ["grpc-encoding", "connect-content-encoding"] as const;
+
+const COMPRESSED_FLAG = 0b01;
+const END_STREAM_FLAG = 0b10;
+
+/**
+ * A Session's client frames read straight from its HTTP/2 request, in place of the `requests`
+ * Connect hands the handler; undefined when Connect must read them (HTTP/1.1, a JSON codec, a
+ * compressed client stream), and the handler then uses Connect's.
+ *
+ * Why: Connect passes each client message through a chain of async generators (the Node request,
+ * envelope splitting, decompression, parsing), several promise turns per frame: ~6% of the
+ * mesh's CPU while 5,000 devices acknowledge a group message (bench/README.md, "Session 7").
+ *
+ * How it stays equivalent: Connect reads the request body only when the handler pulls `requests`,
+ * so a handler that never does leaves the body to this reader. It parses the same envelopes and
+ * decodes each message with protobuf-es as Connect's serializer does, treating the envelope flags
+ * as Connect does. What Connect would raise while reading (a compressed envelope without a
+ * negotiated compression, a message that does not decode, an envelope cut short by the end of the
+ * body) is thrown from `next()`, and the body is read with the request's own async iterator, as
+ * Connect reads it, so a reset or an early close ends the frames as it ends Connect's `requests`.
+ * `client-frames.test.ts` runs the same client streams through both.
+ */
+export function directClientFrames(
+  request: NodeRequest | undefined,
+): AsyncIterable<SessionRequest> | undefined {
+  if (!(request instanceof http2.Http2ServerRequest)) return undefined;
+  const contentType = request.headers["content-type"];
+  if (contentType === undefined || !ENVELOPED_PROTO.has(contentType)) return undefined;
+  for (const name of REQUEST_COMPRESSION_HEADERS) {
+    const value = request.headers[name];
+    if (value !== undefined && value !== "identity") return undefined;
+  }
+  const skipsEndStream = contentType === "application/connect+proto";
+  return { [Symbol.asyncIterator]: () => readEnvelopes(request, skipsEndStream) };
+}
+
+/**
+ * The request's messages, read with the request's own async iterator as Connect reads it (so a
+ * reset or an early close ends the same way): one generator between the body and the handler
+ * instead of Connect's chain of them.
+ */
+async function* readEnvelopes(
+  request: http2.Http2ServerRequest,
+  skipsEndStream: boolean,
+): AsyncGenerator<SessionRequest, void, undefined> {
+  /** Bytes received and not parsed yet, in arrival order. */
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  for await (const received of request as AsyncIterable<Buffer>) {
+    pending.push(received);
+    pendingBytes += received.length;
+    while (pendingBytes >= 5) {
+      if ((pending[0] as Buffer).length < 5) pending = [Buffer.concat(pending, pendingBytes)];
+      const first = pending[0] as Buffer;
+      const flags = first[0] as number;
+      const length = first.readUInt32BE(1);
+      if (pendingBytes < 5 + length) break;
+      if (flags & COMPRESSED_FLAG) {
+        throw new Error("protocol error: a compressed message, but the request names no compression");
+      }
+      // Joined only once the whole envelope is there, so a large message is copied once.
+      const chunk = pending.length === 1 ? first : Buffer.concat(pending, pendingBytes);
+      const rest = chunk.subarray(5 + length);
+      pending = rest.length > 0 ? [rest] : [];
+      pendingBytes = rest.length;
+      // Connect skips an end-of-stream envelope from a client; gRPC has no such flag and, like
+      // Connect for both, ignores the other bits.
+      if (skipsEndStream && flags & END_STREAM_FLAG) continue;
+      // A copy, so a frame kept for long (a send in flight) does not pin the whole chunk.
+      yield fromBinary(SessionRequestSchema, chunk.subarray(5, 5 + length).slice());
+    }
+  }
+  if (pendingBytes > 0) {
+    throw new Error(`protocol error: the request ended within a message (${pendingBytes} bytes left)`);
+  }
+}
