@@ -1,6 +1,5 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { SERVER_NODE_FLAGS } from "../../lib/server-node-flags.ts";
 import type { BenchChild } from "./child.ts";
 import { startChild } from "./child.ts";
 import type { BenchOptions, TargetName } from "./options.ts";
@@ -39,8 +38,7 @@ export async function startTarget(name: TargetName, options: BenchOptions): Prom
       stop: async () => {},
     };
   }
-  // The baselines run with the server flags too, so the ratios compare code, not runtime settings.
-  const nodeFlags = ["--expose-gc", ...SERVER_NODE_FLAGS];
+  const nodeFlags = ["--expose-gc"];
   if (options.cpuProf) {
     const dir = join(options.outDir, "profiles");
     mkdirSync(dir, { recursive: true });

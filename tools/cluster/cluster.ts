@@ -10,7 +10,6 @@ import type { ClusterNames } from "../../lib/cluster-engines.ts";
 import { CLUSTER_NAME_VARIABLES, PROFILE_VARIABLE } from "../../lib/cluster-engines.ts";
 import type { EngineTargets } from "../../lib/engines.ts";
 import { ENGINE_VARIABLES, ENGINES_SWITCH } from "../../lib/engines.ts";
-import { SERVER_NODE_FLAGS } from "../../lib/server-node-flags.ts";
 
 export const repoRoot = resolve(import.meta.dirname, "../..");
 
@@ -191,7 +190,7 @@ export async function startClusterProcess(
   const fd = openSync(logFile, "a");
   let child: ChildProcess;
   try {
-    child = spawn(process.execPath, [...SERVER_NODE_FLAGS, spec.script], {
+    child = spawn(process.execPath, [spec.script], {
       cwd: repoRoot,
       env: { ...process.env, ...spec.env },
       stdio: ["ignore", fd, fd],
