@@ -18,6 +18,8 @@ import { currentRequest, withTransportAbort } from "./transport-scope.ts";
 
 interface Read {
   readonly direct: boolean;
+  /** For each hello read: the byte length of the buffer under its resume cursor. */
+  readonly cursorBuffers: number[];
   readonly frames: string[];
   readonly end: "done" | "failed" | "aborted";
 }
@@ -36,14 +38,19 @@ const routes = (router: ConnectRouter) =>
       const direct = ctx.requestHeader.get("x-direct") === "1";
       const source = direct ? directClientFrames(currentRequest()) : requests;
       const frames: string[] = [];
+      const cursorBuffers: number[] = [];
       progress.set(call, frames);
       let end: Read["end"] = "done";
       try {
-        for await (const request of source ?? requests) frames.push(label(request));
+        for await (const request of source ?? requests) {
+          frames.push(label(request));
+          const body = request.frame?.body;
+          if (body?.case === "hello") cursorBuffers.push(body.value.resumeCursor.buffer.byteLength);
+        }
       } catch {
         end = ctx.signal.aborted ? "aborted" : "failed";
       }
-      reads.set(call, { direct: source !== requests && source !== undefined, frames, end });
+      reads.set(call, { direct: source !== requests && source !== undefined, frames, cursorBuffers, end });
       finished.get(call)?.();
     },
   });
@@ -232,7 +239,35 @@ describe.each(Object.entries(PROTOCOLS))("client frames over %s", (_name, header
   });
 });
 
+describe("client frames read directly", () => {
+  it("own their bytes, as Connect's do, instead of pinning the socket's chunk", async () => {
+    const hello = toBinary(
+      SessionRequestSchema,
+      create(SessionRequestSchema, {
+        frame: { frameId: 1n, body: { case: "hello", value: { resumeCursor: new Uint8Array(17).fill(9) } } },
+      }),
+    );
+    const { connect, direct } = await bothWays(PROTOCOLS.grpc, [
+      Buffer.concat([envelope(hello), envelope(ack(2))]),
+    ]);
+    expect(direct.direct).toBe(true);
+    // The cursor lies in a copy of its own message, not in the chunk both messages came in.
+    expect(direct.cursorBuffers).toEqual([hello.length]);
+    expect(direct.cursorBuffers).toEqual(connect.cursorBuffers);
+  });
+});
+
 describe("client frames Connect must read", () => {
+  it.each([
+    ["an invalid timeout", { "grpc-timeout": "bogus" }],
+    ["a valid timeout", { "grpc-timeout": "10S" }],
+    ["an explicit identity encoding", { "grpc-encoding": "identity" }],
+  ])("with %s, as Connect would", async (_case, extra) => {
+    const headers = { ...PROTOCOLS.grpc, ...extra };
+    const { connect, direct } = await bothWays(headers, [envelope(ack(1))]);
+    expect(strip(direct)).toEqual(strip(connect));
+  });
+
   it("a compressed client stream goes through Connect", async () => {
     const headers = { ...PROTOCOLS.grpc, "grpc-encoding": "gzip" };
     const read = await session(headers, [envelope(gzipSync(ack(1)), 1)], { direct: true });

@@ -10,8 +10,12 @@ import type { NodeRequest } from "./transport-scope.ts";
  */
 const ENVELOPED_PROTO = new Set(["application/grpc", "application/grpc+proto", "application/connect+proto"]);
 
-/** Request headers that name a compression of the client's messages (gRPC; Connect streams). */
-const REQUEST_COMPRESSION_HEADERS = ["grpc-encoding", "connect-content-encoding"] as const;
+/**
+ * Request headers Connect checks on the first read of the client stream: a compression of the
+ * client's messages (gRPC; Connect streams) and a timeout (an invalid one fails that read). A
+ * request with one of them is left to Connect.
+ */
+const READ_TIME_HEADERS = ["grpc-encoding", "connect-content-encoding", "grpc-timeout", "connect-timeout-ms"];
 
 const COMPRESSED_FLAG = 0b01;
 const END_STREAM_FLAG = 0b10;
@@ -19,7 +23,7 @@ const END_STREAM_FLAG = 0b10;
 /**
  * A Session's client frames read straight from its HTTP/2 request, in place of the `requests`
  * Connect hands the handler; undefined when Connect must read them (HTTP/1.1, a JSON codec, a
- * compressed client stream), and the handler then uses Connect's.
+ * compressed client stream, a timeout header), and the handler then uses Connect's.
  *
  * Why: Connect passes each client message through a chain of async generators (the Node request,
  * envelope splitting, decompression, parsing), several promise turns per frame: ~6% of the
@@ -32,7 +36,8 @@ const END_STREAM_FLAG = 0b10;
  * negotiated compression, a message that does not decode, an envelope cut short by the end of the
  * body) is thrown from `next()`, and the body is read with the request's own async iterator, as
  * Connect reads it, so a reset or an early close ends the frames as it ends Connect's `requests`.
- * `client-frames.test.ts` runs the same client streams through both.
+ * `client-frames.test.ts` runs the same client streams through both. Interceptors never see the
+ * frames either way: none of the edge's wraps a stream's requests (edge/interceptors.ts).
  */
 export function directClientFrames(
   request: NodeRequest | undefined,
@@ -40,7 +45,7 @@ export function directClientFrames(
   if (!(request instanceof http2.Http2ServerRequest)) return undefined;
   const contentType = request.headers["content-type"];
   if (contentType === undefined || !ENVELOPED_PROTO.has(contentType)) return undefined;
-  for (const name of REQUEST_COMPRESSION_HEADERS) {
+  for (const name of READ_TIME_HEADERS) {
     const value = request.headers[name];
     if (value !== undefined && value !== "identity") return undefined;
   }
@@ -80,8 +85,10 @@ async function* readEnvelopes(
       // Connect skips an end-of-stream envelope from a client; gRPC has no such flag and, like
       // Connect for both, ignores the other bits.
       if (skipsEndStream && flags & END_STREAM_FLAG) continue;
-      // A copy, so a frame kept for long (a send in flight) does not pin the whole chunk.
-      yield fromBinary(SessionRequestSchema, chunk.subarray(5, 5 + length).slice());
+      // A copy, as Connect makes: protobuf-es returns bytes fields as views of its input, and a
+      // view of the chunk would pin a whole socket read (other streams' bytes too) for as long
+      // as the frame's bytes live (a hello's resume cursor: the stream's life).
+      yield fromBinary(SessionRequestSchema, new Uint8Array(chunk.subarray(5, 5 + length)));
     }
   }
   if (pendingBytes > 0) {
