@@ -79,6 +79,24 @@ describe("createGroupCommit", () => {
     expect(committedBefore).toEqual([0, 0, 0, 3, 3, 3, 6]);
   });
 
+  it("ends a transaction once maxBatchMs have passed, the rest first in the next", async () => {
+    let clock = 0;
+    const group = createGroupCommit(db, { maxBatchMs: 50, now: () => clock });
+    const committedBefore: number[] = [];
+    // Each write takes 30 ms of the fake clock: two fit in 50 ms, the third starts a new transaction.
+    const labels = ["a", "b", "c", "d", "e"];
+    const first = labels.map((label) =>
+      group.run(() => {
+        committedBefore.push(committedLabels().length);
+        clock += 30;
+        return insert(label)();
+      }),
+    );
+    await Promise.all(first);
+    expect(committedLabels()).toEqual(labels);
+    expect(committedBefore).toEqual([0, 0, 2, 2, 4]);
+  });
+
   it("commits what is queued when flushed before a close", async () => {
     const group = createGroupCommit(db);
     const pending = group.run(insert("a"));

@@ -108,16 +108,25 @@ type QueuedWork = {
  * for all of them instead of one each, each inside its own SAVEPOINT so a failing one undoes only
  * itself. Callers get their result only after the COMMIT, exactly as with `inTransaction`, so
  * nothing is acknowledged before it is durable; the price is waiting for the end of the current
- * event-loop turn. At most `maxBatch` writes share a transaction, so one flush cannot hold the
- * event loop for long: the default, 1,024, is one RecordAcknowledgements call's worth of acks
- * (~70 ms of work on this machine); 256 made four commits of it, and their WAL writes and fsyncs
- * cost a 5,000-device group send ~100 ms more (tools/bench/history-store-fanout.ts).
+ * event-loop turn. So that one flush cannot hold the event loop for long, a transaction takes at
+ * most `maxBatch` writes (1,024: one RecordAcknowledgements call's acks, ~70 ms of work on this
+ * machine; 256 made four commits of them, whose WAL writes and fsyncs cost a 5,000-device group
+ * send ~100 ms more, tools/bench/history-store-fanout.ts) and no further write once `maxBatchMs`
+ * (50 ms) have passed (one 5,000-device group message alone takes ~100 ms).
  */
 export function createGroupCommit(
   db: DatabaseSync,
-  options: { readonly maxBatch?: number } = {},
+  options: {
+    readonly maxBatch?: number;
+    /** After this long, the transaction takes no further write (checked after each write). */
+    readonly maxBatchMs?: number;
+    readonly now?: () => number;
+  } = {},
 ): GroupCommit {
   const maxBatch = options.maxBatch ?? 1024;
+  // Writes are not all alike: one 5,000-device group message takes ~100 ms, an ack ~0.1 ms.
+  const maxBatchMs = options.maxBatchMs ?? 50;
+  const now = options.now ?? (() => performance.now());
   let queue: QueuedWork[] = [];
   let scheduled = false;
 
@@ -134,8 +143,16 @@ export function createGroupCommit(
       for (const item of batch) item.reject(error);
       return;
     }
+    const started = now();
     try {
-      for (const item of batch) {
+      for (let i = 0; i < batch.length; i++) {
+        const item = batch[i] as QueuedWork;
+        if (i > 0 && now() - started >= maxBatchMs) {
+          // The rest waits for the next transaction, ahead of anything queued since.
+          queue.unshift(...batch.splice(i));
+          schedule();
+          break;
+        }
         db.exec("SAVEPOINT group_commit_work");
         try {
           outcomes.push({ ok: true, value: item.work() });
