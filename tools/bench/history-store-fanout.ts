@@ -43,13 +43,14 @@ try {
   console.log(
     `history store, ${members} members x ${devicesPerMember} devices, ${sends} sends (median of each):`,
   );
-  const row = (name: string, ms: number[]) => {
+  const row = (name: string, phase: "store" | "acks") => {
+    const ms = store[phase];
     const m = median(ms);
-    const b = median(baseline[name === "store message" ? "store" : "acks"]);
+    const b = median(baseline[phase]);
     return `  ${name.padEnd(16)} ${m.toFixed(0).padStart(6)} ms (runs ${ms.map((x) => x.toFixed(0)).join(", ")}); bare SQLite ${b.toFixed(0)} ms: ${(m / b).toFixed(1)}x`;
   };
-  console.log(row("store message", store.store));
-  console.log(row("record acks", store.acks));
+  console.log(row("store message", "store"));
+  console.log(row("record acks", "acks"));
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }
