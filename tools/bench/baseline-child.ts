@@ -247,7 +247,7 @@ if (address === null || typeof address === "string") throw new Error("no TCP add
 
 serveParent(
   {
-    memory: () => memoryAfterGc(),
+    memory: (command) => memoryAfterGc(command.heapSnapshot),
     streams: () => ({ count: slots.size }),
     configure: (command) => {
       payloadBytes = Number(command.payloadBytes ?? payloadBytes);

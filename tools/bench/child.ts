@@ -2,6 +2,7 @@ import type { ChildProcess } from "node:child_process";
 import { spawn } from "node:child_process";
 import { createWriteStream } from "node:fs";
 import { resolve } from "node:path";
+import { writeHeapSnapshot } from "node:v8";
 
 export const repoRoot = resolve(import.meta.dirname, "../..");
 
@@ -167,12 +168,17 @@ export function serveParent(
   process.on("SIGTERM", () => void stop());
 }
 
-/** The memory figures a child reports, after a full GC when it runs with --expose-gc. */
-export function memoryAfterGc(): Record<string, number> {
+/**
+ * The memory figures a child reports, after a full GC when it runs with --expose-gc. With
+ * `heapSnapshot` (a file path, the parent's `memory` command's field) it also writes a heap
+ * snapshot there, after the figures are read so the snapshot's own allocations are not in them.
+ */
+export function memoryAfterGc(heapSnapshot?: unknown): Record<string, number> {
   const gc = (globalThis as { gc?: () => void }).gc;
   gc?.();
   gc?.();
   const m = process.memoryUsage();
+  if (typeof heapSnapshot === "string") writeHeapSnapshot(heapSnapshot);
   return {
     rss: m.rss,
     heapUsed: m.heapUsed,

@@ -54,11 +54,14 @@ const mesh = await startEmbeddedMesh({
   },
 });
 
-serveParent({ memory: () => memoryAfterGc(), "rpc-calls": () => rpcCalls() }, async () => {
-  try {
-    await mesh.stop();
-  } finally {
-    rmSync(dataDir, { recursive: true, force: true });
-  }
-});
+serveParent(
+  { memory: (command) => memoryAfterGc(command.heapSnapshot), "rpc-calls": () => rpcCalls() },
+  async () => {
+    try {
+      await mesh.stop();
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  },
+);
 process.send?.({ type: "ready", edgeUrl: mesh.edgeUrl, pushAddress: mesh.edgePushAddress, dataDir });

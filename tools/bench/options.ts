@@ -40,6 +40,8 @@ export interface BenchOptions {
   readonly clients: "sdk" | "minimal";
   readonly heartbeatMs: number | undefined;
   readonly cpuProf: boolean;
+  /** S3 on an embedded target: a heap snapshot before the first stream and after each level. */
+  readonly heapSnapshot: boolean;
   /** Experiment: the embedded stores' `PRAGMA synchronous` (Parley uses FULL). */
   readonly sqliteSynchronous: "full" | "normal" | undefined;
   /** Embedded: where the mesh child's log lines go (appended), at PARLEY_LOG_LEVEL or warn. */
@@ -78,6 +80,9 @@ options
                                minimal clients that ack each message (the mesh's own figure)
   --heartbeat-ms MS            embedded: the edge's heartbeat interval (s3)
   --cpu-prof                   embedded: run the mesh child under --cpu-prof (profiles in --out/profiles)
+  --heap-snapshot              s3, embedded: heap snapshots of the process under test before the first
+                               stream and after each level (in --out/profiles; compare two with
+                               tools/bench/heap-summary.ts)
   --sqlite-synchronous normal  embedded, experiment: the stores' PRAGMA synchronous (Parley: full)
   --mesh-log FILE              embedded: append the mesh's log to FILE (PARLEY_LOG_LEVEL, default warn)
   --quick                      tiny sizes, seconds (CI smoke)
@@ -125,6 +130,7 @@ export function parseBenchOptions(argv: readonly string[]): BenchOptions {
       clients: { type: "string" },
       "heartbeat-ms": { type: "string" },
       "cpu-prof": { type: "boolean" },
+      "heap-snapshot": { type: "boolean" },
       "sqlite-synchronous": { type: "string" },
       "mesh-log": { type: "string" },
       out: { type: "string" },
@@ -201,6 +207,7 @@ export function parseBenchOptions(argv: readonly string[]): BenchOptions {
     heartbeatMs:
       values["heartbeat-ms"] === undefined ? undefined : positive(values["heartbeat-ms"], "heartbeat-ms"),
     cpuProf: values["cpu-prof"] === true,
+    heapSnapshot: values["heap-snapshot"] === true,
     sqliteSynchronous: sqliteSynchronous(values["sqlite-synchronous"]),
     meshLog: values["mesh-log"] === undefined ? undefined : resolve(values["mesh-log"]),
     outDir: resolve(values.out ?? resolve(repoRoot, "bench/results")),

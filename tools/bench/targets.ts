@@ -17,8 +17,11 @@ export interface Target {
   readonly child: BenchChild | undefined;
   /** Processes to measure, name -> pid. */
   readonly pids: Readonly<Record<string, number>>;
-  /** Memory of the process under test after a full GC (undefined for a cluster). */
-  memory(): Promise<Record<string, number> | undefined>;
+  /**
+   * Memory of the process under test after a full GC (undefined for a cluster); with
+   * `heapSnapshot`, a heap snapshot of it is written to that path too.
+   */
+  memory(heapSnapshot?: string): Promise<Record<string, number> | undefined>;
   /** The embedded mesh's internal gRPC calls so far, by method (undefined for other targets). */
   rpcCalls(): Promise<Record<string, number> | undefined>;
   stop(): Promise<void>;
@@ -86,7 +89,12 @@ export async function startTarget(name: TargetName, options: BenchOptions): Prom
     dataDir: name === "parley" ? String(ready.dataDir) : undefined,
     child,
     pids: { [name === "parley" ? "mesh" : name]: child.pid },
-    memory: () => child.request<Record<string, number>>({ type: "memory" }, 60_000),
+    memory: (heapSnapshot) =>
+      child.request<Record<string, number>>(
+        { type: "memory", ...(heapSnapshot === undefined ? {} : { heapSnapshot }) },
+        // Writing a snapshot of a heap of a GB takes minutes.
+        heapSnapshot === undefined ? 60_000 : 900_000,
+      ),
     rpcCalls: async () =>
       name === "parley" ? child.request<Record<string, number>>({ type: "rpc-calls" }, 60_000) : undefined,
     stop: () => child.stop(),

@@ -1,4 +1,5 @@
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import type { BenchOptions, TargetName } from "../options.ts";
 import type { BenchDevice } from "../population.ts";
 import { createPopulation, createTransportPool } from "../population.ts";
@@ -95,7 +96,20 @@ async function idleOn(target: Target, options: BenchOptions, progress: Progress)
     connections: Math.ceil(max / options.streamsPerConnection),
     sourceAddresses: options.sourceAddresses,
   });
-  const base = await target.memory();
+  const snapshotDir = join(options.outDir, "profiles");
+  if (options.heapSnapshot) mkdirSync(snapshotDir, { recursive: true });
+  const snapshotStamp = new Date()
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d+Z$/, "Z");
+  // A snapshot is written only where there is a process of ours to write it (not a cluster's).
+  const snapshotPath = (label: string) => {
+    if (!options.heapSnapshot || target.child === undefined) return undefined;
+    const path = join(snapshotDir, `s3-${target.name}-${snapshotStamp}-${label}.heapsnapshot`);
+    progress.note(`  heap snapshot: ${path}`);
+    return path;
+  };
+  const base = await target.memory(snapshotPath("base"));
   const kernelBase = kernelTcpBytes();
   const streams: BenchStream[] = [];
   const levels: IdleLevel[] = [];
@@ -131,7 +145,7 @@ async function idleOn(target: Target, options: BenchOptions, progress: Progress)
       failedTotal += opened.failed;
       const connected = streams.length - failedTotal;
       await new Promise((resolve) => setTimeout(resolve, 3_000));
-      const memory = await target.memory().catch(() => undefined);
+      const memory = await target.memory(snapshotPath(String(level))).catch(() => undefined);
       if (memory === undefined && target.child !== undefined) {
         broke = { level, reason: `the process died: ${target.child.output().slice(-500)}` };
         break;
