@@ -22,20 +22,20 @@ const END_STREAM_FLAG = 0b10;
 
 /**
  * A Session's client frames read straight from its HTTP/2 request, in place of the `requests`
- * Connect hands the handler; undefined when Connect must read them (HTTP/1.1, a JSON codec, a
- * compressed client stream, a timeout header), and the handler then uses Connect's.
+ * Connect would hand the handler; undefined when Connect must read them (HTTP/1.1, a JSON codec, a
+ * compressed client stream, a timeout header). direct-session.ts serves exactly the Sessions this
+ * can read, with these frames; Connect serves the rest.
  *
  * Why: Connect passes each client message through a chain of async generators (the Node request,
  * envelope splitting, decompression, parsing), several promise turns per frame: ~6% of the
  * mesh's CPU while 5,000 devices acknowledge a group message (bench/README.md, "Session 7").
  *
- * How it stays equivalent: Connect reads the request body only when the handler pulls `requests`,
- * so a handler that never does leaves the body to this reader. It parses the same envelopes and
- * decodes each message with protobuf-es as Connect's serializer does, treating the envelope flags
- * as Connect does. What Connect would raise while reading (a compressed envelope without a
- * negotiated compression, a message that does not decode, an envelope cut short by the end of the
- * body) is thrown from `next()`, and the body is read with the request's own async iterator, as
- * Connect reads it, so a reset or an early close ends the frames as it ends Connect's `requests`.
+ * How it stays equivalent: it parses the same envelopes and decodes each message with protobuf-es
+ * as Connect's serializer does, treating the envelope flags as Connect does. What Connect would
+ * raise while reading (a compressed envelope without a negotiated compression, a message that does
+ * not decode, an envelope cut short by the end of the body) is thrown from `next()`, and the body
+ * is read with the request's own async iterator, as Connect reads it, so a reset or an early close
+ * ends the frames as it ends Connect's `requests`.
  * `client-frames.test.ts` runs the same client streams through both. Interceptors never see the
  * frames either way: none of the edge's wraps a stream's requests (edge/interceptors.ts).
  */

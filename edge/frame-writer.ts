@@ -35,7 +35,8 @@ const COMPRESSION_HEADERS = ["grpc-encoding", "connect-content-encoding"] as con
  * Node writer), several promise turns and allocations per frame. That machinery cost more than the
  * rest of the push path together (bench/README.md, "The edge's push path").
  *
- * How it stays correct: Connect keeps owning the call. It reads and authenticates the request,
+ * How it stays correct: Connect keeps owning the call (or direct-session.ts does, which writes
+ * what Connect would at each of these points). It reads and authenticates the request,
  * picks the protocol, writes the response headers with the stream's first frame (the handler
  * yields that one to it), and writes the end (gRPC trailers, the Connect end-stream message,
  * gRPC-Web's trailer frame) after the handler returns or throws. In between, the handler calls

@@ -1,6 +1,7 @@
+import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import type { Interceptor, StreamRequest, UnaryRequest } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { Attributes, Span } from "@opentelemetry/api";
+import type { Attributes, Context, Span } from "@opentelemetry/api";
 import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { toConnectError } from "../lib/connect-error.ts";
 import { isParleyError, isUnexpectedError } from "../lib/errors.ts";
@@ -37,21 +38,11 @@ export interface TelemetryInterceptorOptions {
  */
 export function createTelemetryInterceptor(options: TelemetryInterceptorOptions = {}): Interceptor {
   return (next) => async (req) => {
-    const started = performance.now();
-    const procedure = `${req.service.typeName}/${req.method.name}`;
-    const attributes: Attributes = {
-      "rpc.system": "connect_rpc",
-      "rpc.service": req.service.typeName,
-      "rpc.method": req.method.name,
-      ...(options.forceTrace?.(req) === true ? { [FORCE_TRACE_ATTRIBUTE]: true } : {}),
-    };
-    const span = tracer.startSpan(procedure, { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT);
-    const end = (err: unknown) => endCall(span, err, procedure, started);
-    const ctx = trace.setSpan(ROOT_CONTEXT, span);
+    const call = startEdgeCallTelemetry(req.service, req.method, options.forceTrace?.(req) === true);
     try {
-      const res = await context.with(ctx, () => next(req));
+      const res = await context.with(call.context, () => next(req));
       if (!res.stream) {
-        end(undefined);
+        call.end(undefined);
         return res;
       }
       const source = res.message[Symbol.asyncIterator]();
@@ -62,7 +53,7 @@ export function createTelemetryInterceptor(options: TelemetryInterceptorOptions 
           let failure: unknown;
           try {
             for (;;) {
-              const step = await context.with(ctx, () => source.next());
+              const step = await context.with(call.context, () => source.next());
               if (step.done === true) return;
               yield step.value;
             }
@@ -71,16 +62,48 @@ export function createTelemetryInterceptor(options: TelemetryInterceptorOptions 
             throw err;
           } finally {
             if (failure === undefined && source.return !== undefined) {
-              await context.with(ctx, () => source.return?.())?.catch(() => undefined);
+              await context.with(call.context, () => source.return?.())?.catch(() => undefined);
             }
-            end(failure);
+            call.end(failure);
           }
         })(),
       };
     } catch (err) {
-      end(err);
+      call.end(err);
       throw err;
     }
+  };
+}
+
+/** A call's SERVER span and, when it ends, its duration metric (see createTelemetryInterceptor). */
+export interface EdgeCallTelemetry {
+  /** The span's context: what the handler runs in. */
+  readonly context: Context;
+  /** Ends the span with the call's outcome (an error, or undefined) and records the duration. */
+  end(err: unknown): void;
+}
+
+/**
+ * Starts the telemetry of an edge call: the interceptor's for calls Connect serves, and the direct
+ * Session server's (direct-session.ts) for the streams it serves, so both look the same to an SRE.
+ */
+export function startEdgeCallTelemetry(
+  service: DescService,
+  method: DescMethod,
+  forceTrace: boolean,
+): EdgeCallTelemetry {
+  const started = performance.now();
+  const procedure = `${service.typeName}/${method.name}`;
+  const attributes: Attributes = {
+    "rpc.system": "connect_rpc",
+    "rpc.service": service.typeName,
+    "rpc.method": method.name,
+    ...(forceTrace ? { [FORCE_TRACE_ATTRIBUTE]: true } : {}),
+  };
+  const span = tracer.startSpan(procedure, { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT);
+  return {
+    context: trace.setSpan(ROOT_CONTEXT, span),
+    end: (err) => endCall(span, err, procedure, started),
   };
 }
 
@@ -116,19 +139,11 @@ export const validationInterceptor: Interceptor = (next) => async (req) => {
  */
 export function createErrorInterceptor(logger: Logger): Interceptor {
   return (next) => async (req) => {
-    const started = performance.now();
-    const rpc = `${req.service.typeName}/${req.method.name}`;
-    const fail = (err: unknown): never => {
-      if (isUnexpectedError(err)) logger.error({ rpc, err }, "unexpected error in edge handler");
-      const connectError = toConnectError(err);
-      const reason = isParleyError(err) ? err.reason : undefined;
-      logger.info({ rpc, code: connectError.code, reason, duration_ms: elapsed(started) }, "rpc failed");
-      throw connectError;
-    };
+    const boundary = edgeErrorBoundary(logger, req.service, req.method);
     try {
       const res = await next(req);
       if (!res.stream) {
-        logger.info({ rpc, duration_ms: elapsed(started) }, "rpc ok");
+        boundary.ended("rpc ok");
         return res;
       }
       const source = res.message;
@@ -137,15 +152,49 @@ export function createErrorInterceptor(logger: Logger): Interceptor {
         message: (async function* () {
           try {
             yield* source;
-            logger.info({ rpc, duration_ms: elapsed(started) }, "stream ended");
+            boundary.ended("stream ended");
           } catch (err) {
-            fail(err);
+            throw boundary.failed(err);
           }
         })(),
       };
     } catch (err) {
-      return fail(err);
+      throw boundary.failed(err);
     }
+  };
+}
+
+/** The error boundary of one call (see createErrorInterceptor). */
+export interface EdgeErrorBoundary {
+  /** Logs the call's end. */
+  ended(how: "rpc ok" | "stream ended"): void;
+  /** Logs the failure (unexpected ones with their cause) and returns what the client gets. */
+  failed(err: unknown): ConnectError;
+}
+
+/**
+ * The error boundary of an edge call: the interceptor's for calls Connect serves, and the direct
+ * Session server's (direct-session.ts), so a client gets the same error and the log the same
+ * lines from either.
+ */
+export function edgeErrorBoundary(
+  logger: Logger,
+  service: DescService,
+  method: DescMethod,
+): EdgeErrorBoundary {
+  const started = performance.now();
+  const rpc = `${service.typeName}/${method.name}`;
+  return {
+    ended(how) {
+      logger.info({ rpc, duration_ms: elapsed(started) }, how);
+    },
+    failed(err) {
+      if (isUnexpectedError(err)) logger.error({ rpc, err }, "unexpected error in edge handler");
+      const connectError = toConnectError(err);
+      const reason = isParleyError(err) ? err.reason : undefined;
+      logger.info({ rpc, code: connectError.code, reason, duration_ms: elapsed(started) }, "rpc failed");
+      return connectError;
+    },
   };
 }
 

@@ -11,6 +11,7 @@ import { createEdgeAuth } from "./auth/edge-auth.ts";
 import { createAuthInterceptor } from "./auth/interceptor.ts";
 import type { EdgeConfig } from "./config.ts";
 import { loadEdgeConfig } from "./config.ts";
+import { withDirectSession } from "./direct-session.ts";
 import { COMPRESS_MIN_BYTES } from "./frame-writer.ts";
 import { createHostDirectory, rendezvousHost } from "./host-directory.ts";
 import type { NodeHandlerFn } from "./http-server.ts";
@@ -193,7 +194,11 @@ export async function startEdge(
       ],
       fallback: healthFallback(() => hub.state === "serving"),
     });
-    server = await listenHttp(withTransportAbort(handler), config.host, config.port);
+    const sessions = withDirectSession(
+      { session: (requests, ctx) => session.session(requests, ctx), verifier: auth.verifier, logger },
+      handler,
+    );
+    server = await listenHttp(withTransportAbort(sessions), config.host, config.port);
   } catch (err) {
     await pushServer?.shutdown(0);
     clients.close();

@@ -34,7 +34,6 @@ import type { Logger } from "../lib/logging.ts";
 import { FORCE_TRACE_ATTRIBUTE } from "../lib/telemetry.ts";
 import { createAcknowledgementBatcher, recordAlone, toAcknowledgement } from "./ack-batcher.ts";
 import { authenticatedCaller, callingDevice } from "./auth/interceptor.ts";
-import { directClientFrames } from "./client-frames.ts";
 import { serveFrames } from "./frame-writer.ts";
 import type { HostDirectory } from "./host-directory.ts";
 import type { InternalClients } from "./internal-clients.ts";
@@ -47,7 +46,7 @@ import { Closes, durationOf, frame } from "./streams/device-stream.ts";
 import type { PushedMessages } from "./streams/pushed-messages.ts";
 import type { StreamHub } from "./streams/stream-hub.ts";
 import type { NodeResponse } from "./transport-scope.ts";
-import { currentRequest, currentResponse, currentTransportAbort } from "./transport-scope.ts";
+import { currentResponse, currentTransportAbort } from "./transport-scope.ts";
 
 export interface SessionServiceOptions {
   readonly hub: StreamHub;
@@ -180,8 +179,8 @@ export function createSessionService(options: SessionServiceOptions): ServiceImp
         fetchPage: fetchPage(device, ctx),
         helloWaitMs: options.helloWaitMs,
       });
-      // Read from the HTTP/2 request directly where the protocol allows, else through Connect.
-      void reader(directClientFrames(currentRequest()) ?? requests);
+      // Straight from the HTTP/2 request when direct-session.ts serves the call, else Connect's.
+      void reader(requests);
       yield* serve(stream, ctx, response);
     },
 

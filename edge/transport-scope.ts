@@ -21,8 +21,8 @@ const HALF_OPEN_GRACE_MS = 500;
  * Runs each request of `handler` with what Connect's handler context does not offer: a way to cut
  * its HTTP stream (a device stream whose client stopped reading can never finish its last writes,
  * so after a grace period the edge resets it: HTTP/2 RST_STREAM CANCEL; HTTP/1.1: the socket), and
- * the Node request and response themselves, which the device streams read their client frames
- * from (client-frames.ts) and write their frames to (frame-writer.ts) directly.
+ * the Node request and response themselves, which a device stream writes its frames to directly
+ * (frame-writer.ts) also when Connect serves its call.
  */
 export function withTransportAbort(handler: NodeHandlerFn): NodeHandlerFn {
   return (req, res) => {

@@ -1,0 +1,192 @@
+import http2 from "node:http2";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
+import type { ConnectError, HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { createContextValues, createHandlerContext } from "@connectrpc/connect";
+import { createEndStreamSerialization, endStreamFlag } from "@connectrpc/connect/protocol-connect";
+import { grpcStatusOk, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { universalRequestFromNodeRequest } from "@connectrpc/connect-node";
+import { context } from "@opentelemetry/api";
+import type { SessionResponseSchema as SessionResponseSchemaType } from "../gen/parley/edge/v1/session_service_pb.ts";
+import { SessionResponseSchema, SessionService } from "../gen/parley/edge/v1/session_service_pb.ts";
+import type { Logger } from "../lib/logging.ts";
+import { authenticatedCallerKey } from "./auth/interceptor.ts";
+import type { TokenVerifier } from "./auth/verifier.ts";
+import { directClientFrames } from "./client-frames.ts";
+import type { NodeHandlerFn } from "./http-server.ts";
+import { edgeErrorBoundary, startEdgeCallTelemetry } from "./interceptors.ts";
+import type { NodeRequest, NodeResponse } from "./transport-scope.ts";
+
+type SessionResponseInit = MessageInitShape<typeof SessionResponseSchemaType>;
+
+const SESSION_PATH = `/${SessionService.typeName}/${SessionService.method.session.name}`;
+const endStream = createEndStreamSerialization(undefined);
+
+export interface DirectSessionOptions {
+  /** The Session handler Connect serves too (session-service.ts). */
+  readonly session: ServiceImpl<typeof SessionService>["session"];
+  readonly verifier: TokenVerifier;
+  readonly logger: Logger;
+}
+
+/**
+ * Serves Session calls straight on node:http2 where the protocol allows, and hands every other
+ * request to `next` (connect-node).
+ *
+ * Why: an idle device stream held ~40 KB of connect-node's per-call machinery (its chain of async
+ * generators between the handler and the response, their promises and closures: the `relay`
+ * baseline holds as much for an empty stream), most of S3's memory per stream, while its frames
+ * already bypassed it (frame-writer.ts, client-frames.ts). A device's stream is the one call an
+ * edge holds by the hundred thousand.
+ *
+ * Which calls: a Session over HTTP/2, binary gRPC or the Connect streaming protocol, whose client
+ * frames client-frames.ts can read (neither a compressed client stream nor a timeout header).
+ * Connect serves the rest (HTTP/1.1, JSON, compression, timeouts, every other method) as before.
+ *
+ * How it stays what Connect would do: the call runs the same steps as the edge's interceptors,
+ * through the same functions (a span and a duration, the error boundary and its log lines, the
+ * token check), then the same handler with a HandlerContext made by Connect's own factory, whose
+ * signal aborts as Connect's does. Headers go out with the first frame. The end is written with
+ * Connect's own helpers: gRPC's status trailers, or the Connect protocol's end-stream message.
+ * Responses are never compressed: a client's accept-encoding allows but does not ask for it, and
+ * a stream's frames carry ciphertext. `direct-session.test.ts` runs the same calls through both.
+ */
+export function withDirectSession(options: DirectSessionOptions, next: NodeHandlerFn): NodeHandlerFn {
+  return (req, res) => {
+    if (!(req instanceof http2.Http2ServerRequest) || !(res instanceof http2.Http2ServerResponse)) {
+      return next(req, res);
+    }
+    const requests = req.method === "POST" && req.url === SESSION_PATH ? directClientFrames(req) : undefined;
+    if (requests === undefined) return next(req, res);
+    serveSession(options, req, res, requests).catch((err: unknown) => {
+      // Only a bug gets here: every failure of the call is the call's own end.
+      options.logger.error({ err, rpc: SESSION_PATH }, "direct session failed");
+      if (!res.stream.destroyed) res.stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    });
+  };
+}
+
+async function serveSession(
+  options: DirectSessionOptions,
+  req: NodeRequest,
+  res: http2.Http2ServerResponse,
+  requests: NonNullable<ReturnType<typeof directClientFrames>>,
+): Promise<void> {
+  const grpc = req.headers["content-type"] !== "application/connect+proto";
+  const universal = universalRequestFromNodeRequest(req, res, undefined, createContextValues());
+  const ctx = createHandlerContext({
+    service: SessionService,
+    method: SessionService.method.session,
+    protocolName: grpc ? "grpc" : "connect",
+    requestMethod: "POST",
+    url: universal.url,
+    requestSignal: universal.signal,
+    requestHeader: universal.header,
+    responseHeader: { "content-type": grpc ? "application/grpc+proto" : "application/connect+proto" },
+    responseTrailer: grpc ? { "grpc-status": grpcStatusOk } : {},
+    contextValues: universal.contextValues,
+  });
+  const telemetry = startEdgeCallTelemetry(SessionService, SessionService.method.session, false);
+  const boundary = edgeErrorBoundary(options.logger, SessionService, SessionService.method.session);
+  let failure: unknown;
+  let messages: AsyncIterator<unknown> | undefined;
+  // A write to a reset stream fails with an 'error' event: the call ends through its signal then.
+  const ignoreWriteError = () => {};
+  res.on("error", ignoreWriteError);
+  try {
+    await context.with(telemetry.context, async () => {
+      ctx.values.set(
+        authenticatedCallerKey,
+        await options.verifier.authenticate(ctx.requestHeader.get("authorization")),
+      );
+    });
+    messages = options.session(requests, ctx)[Symbol.asyncIterator]();
+    for (;;) {
+      const step = await context.with(telemetry.context, () => (messages as AsyncIterator<unknown>).next());
+      if (step.done === true) break;
+      if (!writeMessage(res, ctx, step.value as SessionResponseInit)) {
+        // The client went away: the handler learns it from its signal, as under Connect.
+        await waitForDrain(res);
+      }
+    }
+  } catch (err) {
+    failure = err;
+  }
+  if (failure !== undefined && messages?.return !== undefined) {
+    await context.with(telemetry.context, () => messages?.return?.())?.catch(() => undefined);
+  }
+  const error = failure === undefined ? undefined : boundary.failed(failure);
+  if (error === undefined) boundary.ended("stream ended");
+  ctx.abort(error);
+  telemetry.end(error);
+  writeEnd(res, ctx, grpc, error);
+  res.off("error", ignoreWriteError);
+}
+
+/**
+ * Writes one message the handler yielded (the first frame, which the headers go out with; then
+ * only frames frame-writer.ts leaves to Connect, which here are none) as Connect's serializer
+ * would; false when the caller must wait for the response to drain.
+ */
+function writeMessage(
+  res: http2.Http2ServerResponse,
+  ctx: HandlerContext,
+  message: SessionResponseInit,
+): boolean {
+  if (gone(res)) return true;
+  if (!res.headersSent) res.writeHead(200, nodeHeaders(ctx.responseHeader));
+  const data = toBinary(SessionResponseSchema, create(SessionResponseSchema, message));
+  const chunk = Buffer.allocUnsafe(5 + data.length);
+  chunk[0] = 0;
+  chunk.writeUInt32BE(data.length, 1);
+  chunk.set(data, 5);
+  return res.write(chunk);
+}
+
+/** The call's end: gRPC's status trailers, or the Connect protocol's end-stream message. */
+function writeEnd(
+  res: http2.Http2ServerResponse,
+  ctx: HandlerContext,
+  grpc: boolean,
+  error: ConnectError | undefined,
+): void {
+  if (gone(res)) return;
+  if (!res.headersSent) res.writeHead(200, nodeHeaders(ctx.responseHeader));
+  if (grpc) {
+    setTrailerStatus(ctx.responseTrailer, error);
+    res.addTrailers(nodeHeaders(ctx.responseTrailer));
+  } else {
+    const data = endStream.serialize({
+      metadata: ctx.responseTrailer,
+      ...(error === undefined ? {} : { error }),
+    });
+    const chunk = Buffer.allocUnsafe(5 + data.length);
+    chunk[0] = endStreamFlag;
+    chunk.writeUInt32BE(data.length, 1);
+    chunk.set(data, 5);
+    res.write(chunk);
+  }
+  res.end();
+}
+
+function gone(res: http2.Http2ServerResponse): boolean {
+  return res.stream.destroyed || res.stream.closed || res.writableEnded;
+}
+
+function waitForDrain(res: NodeResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off("drain", done);
+      res.off("close", done);
+      res.off("error", done);
+      resolve();
+    };
+    res.on("drain", done);
+    res.on("close", done);
+    res.on("error", done);
+  });
+}
+
+function nodeHeaders(headers: Headers): Record<string, string> {
+  return Object.fromEntries(headers);
+}
