@@ -3,6 +3,7 @@
 // signal aborted when the client reset its stream). A real connect-node server reads the same
 // client streams both ways, over HTTP/2, for gRPC and the Connect protocol.
 
+import { AsyncLocalStorage } from "node:async_hooks";
 import http2 from "node:http2";
 import { gzipSync } from "node:zlib";
 import { create, toBinary } from "@bufbuild/protobuf";
@@ -14,7 +15,7 @@ import { SessionRequestSchema, SessionService } from "../gen/parley/edge/v1/sess
 import { directClientFrames } from "./client-frames.ts";
 import type { EdgeHttpServer } from "./http-server.ts";
 import { listenHttp } from "./http-server.ts";
-import { currentRequest, withTransportAbort } from "./transport-scope.ts";
+import type { NodeRequest } from "./transport-scope.ts";
 
 interface Read {
   readonly direct: boolean;
@@ -23,6 +24,9 @@ interface Read {
   readonly frames: string[];
   readonly end: "done" | "failed" | "aborted";
 }
+
+/** The Node request of the call being handled: what the direct reader reads. */
+const requestOfCall = new AsyncLocalStorage<NodeRequest>();
 
 /** What each call's handler read, by the x-call header. */
 const reads = new Map<string, Read>();
@@ -36,7 +40,7 @@ const routes = (router: ConnectRouter) =>
     async *session(requests, ctx) {
       const call = ctx.requestHeader.get("x-call") ?? "";
       const direct = ctx.requestHeader.get("x-direct") === "1";
-      const source = direct ? directClientFrames(currentRequest()) : requests;
+      const source = direct ? directClientFrames(requestOfCall.getStore()) : requests;
       const frames: string[] = [];
       const cursorBuffers: number[] = [];
       progress.set(call, frames);
@@ -64,7 +68,8 @@ let server: EdgeHttpServer;
 let url: string;
 
 beforeAll(async () => {
-  server = await listenHttp(withTransportAbort(connectNodeAdapter({ routes })), "127.0.0.1", 0);
+  const adapter = connectNodeAdapter({ routes });
+  server = await listenHttp((req, res) => requestOfCall.run(req, () => adapter(req, res)), "127.0.0.1", 0);
   url = `http://127.0.0.1:${server.port}`;
 });
 afterAll(async () => {

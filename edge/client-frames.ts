@@ -36,8 +36,9 @@ const END_STREAM_FLAG = 0b10;
  * not decode, an envelope cut short by the end of the body) is thrown from `next()`, and the body
  * is read with the request's own async iterator, as Connect reads it, so a reset or an early close
  * ends the frames as it ends Connect's `requests`.
- * `client-frames.test.ts` runs the same client streams through both. Interceptors never see the
- * frames either way: none of the edge's wraps a stream's requests (edge/interceptors.ts).
+ * `client-frames.test.ts` reads the same client streams both ways, in a Connect handler that
+ * leaves Connect's `requests` unread. No interceptor sees the frames: direct-session.ts runs none,
+ * and none of the edge's would wrap a stream's requests (edge/interceptors.ts).
  */
 export function directClientFrames(
   request: NodeRequest | undefined,

@@ -12,11 +12,14 @@ import { join } from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { SessionRequest } from "../gen/parley/edge/v1/session_service_pb.ts";
 import { SessionRequestSchema, SessionService } from "../gen/parley/edge/v1/session_service_pb.ts";
 import { permissionDenied, resourceExhausted } from "../lib/errors.ts";
 import { createLogger } from "../lib/logging.ts";
+import type { StopTelemetry } from "../lib/telemetry.ts";
+import { startTelemetry } from "../lib/telemetry.ts";
 import { openDevIssuer } from "./auth/dev-issuer.ts";
 import { createEdgeAuth } from "./auth/edge-auth.ts";
 import { authenticatedCaller, authenticatedCallerKey, createAuthInterceptor } from "./auth/interceptor.ts";
@@ -35,6 +38,8 @@ interface Seen {
   readonly aborted: boolean;
 }
 const seen = new Map<string, Seen>();
+/** Each call's handler context, to look at its signal once the call is over. */
+const contexts = new Map<string, HandlerContext>();
 const finished = new Map<string, () => void>();
 
 /**
@@ -46,6 +51,7 @@ const finished = new Map<string, () => void>();
 async function* session(requests: AsyncIterable<SessionRequest>, ctx: HandlerContext) {
   const call = ctx.requestHeader.get("x-call") ?? "";
   const scenario = ctx.requestHeader.get("x-scenario");
+  contexts.set(call, ctx);
   let frames = 0;
   try {
     const device = authenticatedCaller(ctx).device.deviceId;
@@ -89,6 +95,13 @@ async function* session(requests: AsyncIterable<SessionRequest>, ctx: HandlerCon
   }
 }
 
+const exporter = new InMemorySpanExporter();
+const spans = new SimpleSpanProcessor({ exporter });
+let stopTelemetry: StopTelemetry;
+const savedSampler = process.env.OTEL_TRACES_SAMPLER;
+/** Each server's log lines. */
+const logs = { direct: [] as Record<string, unknown>[], connect: [] as Record<string, unknown>[] };
+
 let dir: string;
 let token: string;
 let direct: EdgeHttpServer;
@@ -107,37 +120,57 @@ beforeAll(async () => {
     issuer: DEV_ISSUER,
     audience: DEFAULT_JWT_AUDIENCE,
   });
-  const logger = createLogger("test", "silent");
+  process.env.OTEL_TRACES_SAMPLER = "always_on";
+  stopTelemetry = startTelemetry({ serviceName: "direct-session-test", spanProcessors: [spans] });
+  const logger = (lines: Record<string, unknown>[]) =>
+    createLogger("test", "info", { write: (line: string) => lines.push(JSON.parse(line)) });
   const routes = (router: ConnectRouter) => router.service(SessionService, { session });
-  const adapter = () =>
+  const adapter = (logs: Record<string, unknown>[]) =>
     connectNodeAdapter({
       routes,
       interceptors: [
         createTelemetryInterceptor(),
-        createErrorInterceptor(logger),
+        createErrorInterceptor(logger(logs)),
         createAuthInterceptor(auth.verifier),
         validationInterceptor,
       ],
     });
-  const connectHandler = adapter();
+  // The direct server's Connect (for what it passes on) logs where the direct server does.
+  const connectHandler = adapter(logs.direct);
   const counted: NodeHandlerFn = (req, res) => {
     passedOn++;
     connectHandler(req, res);
   };
   direct = await listenHttp(
-    withTransportAbort(withDirectSession({ session, verifier: auth.verifier, logger }, counted)),
+    withTransportAbort(
+      withDirectSession({ session, verifier: auth.verifier, logger: logger(logs.direct) }, counted),
+    ),
     "127.0.0.1",
     0,
   );
-  connect = await listenHttp(withTransportAbort(adapter()), "127.0.0.1", 0);
+  connect = await listenHttp(withTransportAbort(adapter(logs.connect)), "127.0.0.1", 0);
 });
 afterAll(async () => {
+  await stopTelemetry();
+  if (savedSampler === undefined) delete process.env.OTEL_TRACES_SAMPLER;
+  else process.env.OTEL_TRACES_SAMPLER = savedSampler;
   await direct.close(100);
   await connect.close(100);
   rmSync(dir, { recursive: true, force: true });
 });
 
 const SESSION = "/parley.edge.v1.SessionService/Session";
+/** The request header that accepts a response compression, and the response header naming it. */
+const ACCEPT_ENCODING: Record<string, string> = {
+  "application/grpc+proto": "grpc-accept-encoding",
+  "application/grpc": "grpc-accept-encoding",
+  "application/connect+proto": "connect-accept-encoding",
+};
+const ENCODING: Record<string, string> = {
+  "application/grpc+proto": "grpc-encoding",
+  "application/grpc": "grpc-encoding",
+  "application/connect+proto": "connect-content-encoding",
+};
 const PROTOCOLS = {
   grpc: { "content-type": "application/grpc+proto", te: "trailers" },
   "grpc (no suffix)": { "content-type": "application/grpc", te: "trailers" },
@@ -167,6 +200,25 @@ interface Answer {
   readonly body: string;
   readonly trailers: Record<string, unknown>;
   readonly seen: Seen | undefined;
+  /** The handler's signal once the call is over: aborted, and the code of its reason. */
+  readonly signalAfter: { aborted: boolean; reason: string } | undefined;
+  /** The call's SERVER span. */
+  readonly span: { name: string; attributes: Record<string, unknown>; status: unknown } | undefined;
+  /** The call's log lines, and whether each carries the span's trace id. */
+  readonly logs: { msg: unknown; rpc: unknown; code: unknown; reason: unknown; inTrace: boolean }[];
+}
+
+const SESSION_SPAN = "parley.edge.v1.SessionService/Session";
+
+/** The call's span once it has ended (after the client saw the end, in a reset's case). */
+async function callSpan() {
+  for (let waited = 0; waited < 2_000; waited += 5) {
+    await spans.forceFlush();
+    const span = exporter.getFinishedSpans().find((s) => s.name === SESSION_SPAN);
+    if (span !== undefined) return span;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  return undefined;
 }
 
 /** Opens a Session on `server`, writes `frames`, ends (or resets) it; what came back. */
@@ -177,6 +229,9 @@ async function call(
   options: { scenario: string; token?: boolean; reset?: boolean },
 ): Promise<Answer> {
   const id = `${Math.random()}`;
+  const lines = server === direct ? logs.direct : logs.connect;
+  const firstLine = lines.length;
+  exporter.reset();
   const handled = new Promise<void>((resolve) => finished.set(id, resolve));
   const client = http2.connect(`http://127.0.0.1:${server.port}`);
   try {
@@ -213,12 +268,33 @@ async function call(
     await closed;
     // A handler that never ran (no token) reports nothing.
     if (options.token !== false) await handled;
+    const span = await callSpan();
+    const traceId = span?.spanContext().traceId;
+    const signal = contexts.get(id)?.signal;
     return {
       status,
       headers: responseHeaders,
       body: Buffer.concat(chunks).toString("base64"),
       trailers,
       seen: seen.get(id),
+      signalAfter:
+        signal === undefined
+          ? undefined
+          : {
+              aborted: signal.aborted,
+              reason: String((signal.reason as { code?: unknown } | undefined)?.code),
+            },
+      span:
+        span === undefined
+          ? undefined
+          : { name: span.name, attributes: { ...span.attributes }, status: span.status },
+      logs: lines.slice(firstLine).map((line) => ({
+        msg: line.msg,
+        rpc: line.rpc,
+        code: line.code,
+        reason: line.reason,
+        inTrace: traceId !== undefined && line.trace_id === traceId,
+      })),
     };
   } finally {
     client.close();
@@ -252,6 +328,24 @@ describe.each(Object.entries(PROTOCOLS))("a Session served directly over %s", (_
     expect(viaDirect.status).toBe(200);
     expect(viaDirect.headers["x-device"]).toBe("phone");
     expect(viaDirect.seen).toMatchObject({ device: "phone", frames: 3 });
+    // The call's signal aborts once it is over, as Connect's does; its log line is in its trace.
+    expect(viaDirect.signalAfter?.aborted).toBe(true);
+    expect(viaDirect.logs).toEqual([expect.objectContaining({ msg: "stream ended", inTrace: true })]);
+    expect(viaDirect.span?.attributes).toMatchObject({
+      "rpc.system": "connect_rpc",
+      "rpc.method": "Session",
+    });
+  });
+
+  it("answers a client that accepts gzip uncompressed, otherwise as Connect does", async () => {
+    const accepts = { ...headers, [String(ACCEPT_ENCODING[headers["content-type"]])]: "gzip" };
+    const { viaConnect, viaDirect } = await bothWays(accepts, [heartbeat(1)], { scenario: "echo" });
+    const encoding = String(ENCODING[headers["content-type"]]);
+    expect(viaConnect.headers[encoding]).toBe("gzip");
+    expect(viaDirect.headers[encoding]).toBeUndefined();
+    const { [encoding]: _gzip, ...connectHeaders } = viaConnect.headers;
+    // Frames under 1 KiB: Connect sends them uncompressed too.
+    expect({ ...viaDirect, headers: viaDirect.headers }).toEqual({ ...viaConnect, headers: connectHeaders });
   });
 
   it("ends with the handler's error before any frame, as Connect does", async () => {
@@ -259,6 +353,9 @@ describe.each(Object.entries(PROTOCOLS))("a Session served directly over %s", (_
     expect(viaDirect).toEqual(viaConnect);
     const ended = ending(viaDirect);
     expect(ended).toContain("not registered");
+    expect(viaDirect.logs).toEqual([
+      expect.objectContaining({ msg: "rpc failed", reason: "DEVICE_NOT_REGISTERED", inTrace: true }),
+    ]);
   });
 
   it("ends with the handler's error after a frame, as Connect does", async () => {
@@ -275,6 +372,11 @@ describe.each(Object.entries(PROTOCOLS))("a Session served directly over %s", (_
     expect(viaDirect).toEqual(viaConnect);
     const ended = ending(viaDirect);
     expect(ended).not.toContain("secret");
+    expect(viaDirect.logs.map((line) => [line.msg, line.inTrace])).toEqual([
+      ["unexpected error in edge handler", true],
+      ["rpc failed", true],
+    ]);
+    expect(viaDirect.span?.status).toMatchObject({ code: 2 });
   });
 
   it("refuses a caller without a token before the handler runs, as Connect does", async () => {
@@ -293,17 +395,31 @@ describe.each(Object.entries(PROTOCOLS))("a Session served directly over %s", (_
     });
     expect(viaDirect.seen).toEqual(viaConnect.seen);
     expect(viaDirect.seen).toMatchObject({ frames: 1, aborted: true });
+    expect(viaDirect.signalAfter).toEqual(viaConnect.signalAfter);
+    expect(viaDirect.logs).toEqual(viaConnect.logs);
+    expect(viaDirect.span).toEqual(viaConnect.span);
   });
 });
 
 describe("what the direct server leaves to Connect", () => {
-  it("a Session with a timeout header", async () => {
+  it.each([
+    ["a timeout header", { ...PROTOCOLS.grpc, "grpc-timeout": "5S" }, SESSION],
+    ["a compressed client stream", { ...PROTOCOLS.grpc, "grpc-encoding": "gzip" }, SESSION],
+    ["gRPC-Web", { "content-type": "application/grpc-web+proto" }, SESSION],
+    ["JSON", { "content-type": "application/connect+json", "connect-protocol-version": "1" }, SESSION],
+    ["a query string", PROTOCOLS.grpc, `${SESSION}?x=1`],
+  ])("a Session with %s", async (_name, headers, path) => {
     const before = passedOn;
-    const answer = await call(direct, { ...PROTOCOLS.grpc, "grpc-timeout": "5S" }, [heartbeat(1)], {
-      scenario: "echo",
-    });
-    expect(answer.status).toBe(200);
-    expect(answer.seen?.frames).toBe(1);
+    const client = http2.connect(`http://127.0.0.1:${direct.port}`);
+    try {
+      const stream = client.request({ ":method": "POST", ":path": path, ...headers, "x-scenario": "echo" });
+      stream.on("error", () => {});
+      stream.resume();
+      stream.end();
+      await new Promise((resolve) => stream.on("close", resolve));
+    } finally {
+      client.close();
+    }
     expect(passedOn - before).toBe(1);
   });
 });

@@ -48,8 +48,11 @@ export interface DirectSessionOptions {
  * token check), then the same handler with a HandlerContext made by Connect's own factory, whose
  * signal aborts as Connect's does. Headers go out with the first frame. The end is written with
  * Connect's own helpers: gRPC's status trailers, or the Connect protocol's end-stream message.
- * Responses are never compressed: a client's accept-encoding allows but does not ask for it, and
- * a stream's frames carry ciphertext. `direct-session.test.ts` runs the same calls through both.
+ * One difference on the wire, on purpose: responses are never compressed. Where a client accepts
+ * gzip (connect-node clients do by default) Connect would answer with `grpc-encoding` (or
+ * `connect-content-encoding`) and compress each frame of at least 1 KiB; here the header is absent
+ * and the frames go as they are, which the protocols allow. A stream's frames carry ciphertext,
+ * which does not compress. `direct-session.test.ts` runs the same calls through both.
  */
 export function withDirectSession(options: DirectSessionOptions, next: NodeHandlerFn): NodeHandlerFn {
   return (req, res) => {
@@ -58,7 +61,14 @@ export function withDirectSession(options: DirectSessionOptions, next: NodeHandl
     }
     const requests = req.method === "POST" && req.url === SESSION_PATH ? directClientFrames(req) : undefined;
     if (requests === undefined) return next(req, res);
-    serveSession(options, req, res, requests).catch((err: unknown) => {
+    let universal: ReturnType<typeof universalRequestFromNodeRequest>;
+    try {
+      universal = universalRequestFromNodeRequest(req, res, undefined, createContextValues());
+    } catch {
+      // A request Connect cannot describe (no authority): Connect answers it as it would anyway.
+      return next(req, res);
+    }
+    serveSession(options, req, res, universal, requests).catch((err: unknown) => {
       // Only a bug gets here: every failure of the call is the call's own end.
       options.logger.error({ err, rpc: SESSION_PATH }, "direct session failed");
       if (!res.stream.destroyed) res.stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
@@ -70,10 +80,10 @@ async function serveSession(
   options: DirectSessionOptions,
   req: NodeRequest,
   res: http2.Http2ServerResponse,
+  universal: ReturnType<typeof universalRequestFromNodeRequest>,
   requests: NonNullable<ReturnType<typeof directClientFrames>>,
 ): Promise<void> {
   const grpc = req.headers["content-type"] !== "application/connect+proto";
-  const universal = universalRequestFromNodeRequest(req, res, undefined, createContextValues());
   const ctx = createHandlerContext({
     service: SessionService,
     method: SessionService.method.session,
@@ -87,38 +97,37 @@ async function serveSession(
     contextValues: universal.contextValues,
   });
   const telemetry = startEdgeCallTelemetry(SessionService, SessionService.method.session, false);
+  // Every step runs in the call's span, as under the interceptors: the log lines carry its trace id.
+  const inSpan = <T>(step: () => T): T => context.with(telemetry.context, step);
   const boundary = edgeErrorBoundary(options.logger, SessionService, SessionService.method.session);
+  let failed = false;
   let failure: unknown;
   let messages: AsyncIterator<unknown> | undefined;
   // A write to a reset stream fails with an 'error' event: the call ends through its signal then.
   const ignoreWriteError = () => {};
   res.on("error", ignoreWriteError);
   try {
-    await context.with(telemetry.context, async () => {
-      ctx.values.set(
-        authenticatedCallerKey,
-        await options.verifier.authenticate(ctx.requestHeader.get("authorization")),
-      );
-    });
-    messages = options.session(requests, ctx)[Symbol.asyncIterator]();
+    const caller = await inSpan(() => options.verifier.authenticate(ctx.requestHeader.get("authorization")));
+    ctx.values.set(authenticatedCallerKey, caller);
+    const iterator = inSpan(() => options.session(requests, ctx)[Symbol.asyncIterator]());
+    messages = iterator;
     for (;;) {
-      const step = await context.with(telemetry.context, () => (messages as AsyncIterator<unknown>).next());
+      const step = await inSpan(() => iterator.next());
       if (step.done === true) break;
-      if (!writeMessage(res, ctx, step.value as SessionResponseInit)) {
-        // The client went away: the handler learns it from its signal, as under Connect.
-        await waitForDrain(res);
-      }
+      // Backpressure: the next message waits until the response drains (or closes).
+      if (!writeMessage(res, ctx, step.value as SessionResponseInit)) await waitForDrain(res);
     }
   } catch (err) {
+    failed = true;
     failure = err;
   }
-  if (failure !== undefined && messages?.return !== undefined) {
-    await context.with(telemetry.context, () => messages?.return?.())?.catch(() => undefined);
-  }
-  const error = failure === undefined ? undefined : boundary.failed(failure);
-  if (error === undefined) boundary.ended("stream ended");
-  ctx.abort(error);
+  // The handler may be suspended at a yield (a write failed): its cleanup runs now.
+  if (failed) await inSpan(() => messages?.return?.())?.catch(() => undefined);
+  // Connect's order: the boundary's log line, the span's end, the call's abort, then the end.
+  const error = failed ? inSpan(() => boundary.failed(failure)) : undefined;
+  if (!failed) inSpan(() => boundary.ended("stream ended"));
   telemetry.end(error);
+  ctx.abort(error);
   writeEnd(res, ctx, grpc, error);
   res.off("error", ignoreWriteError);
 }
@@ -187,6 +196,10 @@ function waitForDrain(res: NodeResponse): Promise<void> {
   });
 }
 
-function nodeHeaders(headers: Headers): Record<string, string> {
-  return Object.fromEntries(headers);
+/** As connect-node's webHeaderToNodeHeaders: repeated set-cookie values stay apart. */
+function nodeHeaders(headers: Headers): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = Object.fromEntries(headers);
+  const cookies = headers.getSetCookie();
+  if (cookies.length > 0) out["set-cookie"] = cookies;
+  return out;
 }

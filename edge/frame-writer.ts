@@ -69,8 +69,8 @@ export interface WriteResult {
 }
 
 /**
- * A stream's frames as a Connect handler's response messages: the first one through Connect,
- * which sends the response headers with it; after that each batch is one write straight to
+ * A stream's frames as a Connect handler's response messages: the first one through whoever
+ * serves the call (Connect, or direct-session.ts), which sends the response headers with it; after that each batch is one write straight to
  * `response` (see FrameWriter), except frames Connect must compress, which are yielded to it in
  * their place in the order. Without a response (or for a JSON codec) every frame is yielded.
  * `onGone` is called when the response can take no more (the client went away).
@@ -120,7 +120,8 @@ export function createFrameWriter(
   ctx: HandlerContext,
   response: NodeResponse | undefined,
 ): FrameWriter | undefined {
-  // Connect writes the headers with the first message; the writer only ever follows it.
+  // The call's server (Connect, direct-session.ts) writes the headers with the first message; the
+  // writer only ever follows it.
   if (response === undefined || !response.headersSent) return undefined;
   const contentType = ctx.responseHeader.get("content-type");
   if (contentType === null || !ENVELOPED_PROTO.has(contentType)) return undefined;

@@ -8,7 +8,6 @@ export type NodeResponse = Parameters<NodeHandlerFn>[1];
 
 interface Transport {
   readonly abort: () => void;
-  readonly request: NodeRequest;
   readonly response: NodeResponse;
 }
 
@@ -21,8 +20,8 @@ const HALF_OPEN_GRACE_MS = 500;
  * Runs each request of `handler` with what Connect's handler context does not offer: a way to cut
  * its HTTP stream (a device stream whose client stopped reading can never finish its last writes,
  * so after a grace period the edge resets it: HTTP/2 RST_STREAM CANCEL; HTTP/1.1: the socket), and
- * the Node request and response themselves, which a device stream writes its frames to directly
- * (frame-writer.ts) also when Connect serves its call.
+ * the Node response itself, which a device stream writes its frames to directly (frame-writer.ts)
+ * also when Connect serves its call.
  */
 export function withTransportAbort(handler: NodeHandlerFn): NodeHandlerFn {
   return (req, res) => {
@@ -48,18 +47,13 @@ export function withTransportAbort(handler: NodeHandlerFn): NodeHandlerFn {
         res.destroy();
       }
     };
-    scope.run({ abort, request: req, response: res }, () => handler(req, res));
+    scope.run({ abort, response: res }, () => handler(req, res));
   };
 }
 
 /** The abort of the request being handled, when it runs under `withTransportAbort`. */
 export function currentTransportAbort(): (() => void) | undefined {
   return scope.getStore()?.abort;
-}
-
-/** The Node request being handled, when it runs under `withTransportAbort`. */
-export function currentRequest(): NodeRequest | undefined {
-  return scope.getStore()?.request;
 }
 
 /** The Node response of the request being handled, when it runs under `withTransportAbort`. */
