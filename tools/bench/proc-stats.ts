@@ -7,6 +7,8 @@ const TICKS_PER_SECOND = 100;
 export interface ProcessSample {
   /** CPU time (user + system) in ms since the process started. */
   readonly cpuMs: number;
+  /** Of which in the kernel (system time: socket reads and writes above all), ms. */
+  readonly systemCpuMs: number;
   /** Resident set now, bytes. */
   readonly rssBytes: number;
   /** Peak resident set over the process's life (VmHWM), bytes. */
@@ -24,6 +26,7 @@ export function sampleProcess(pid: number): ProcessSample | undefined {
     const kb = (name: string) => Number(status.match(new RegExp(`^${name}:\\s+(\\d+) kB`, "m"))?.[1] ?? 0);
     return {
       cpuMs: (ticks * 1000) / TICKS_PER_SECOND,
+      systemCpuMs: (Number(fields[12]) * 1000) / TICKS_PER_SECOND,
       rssBytes: kb("VmRSS") * 1024,
       peakRssBytes: kb("VmHWM") * 1024,
     };
@@ -48,6 +51,8 @@ export interface ProcessUsage {
   readonly cpuMs: number;
   /** Average CPU over the window, percent of one core. */
   readonly cpuPercent: number;
+  /** Of which in the kernel, percent of one core. */
+  readonly systemCpuPercent: number;
   /** Highest RSS sampled in the window, bytes. */
   readonly peakRssBytes: number;
   readonly rssAtEndBytes: number;
@@ -113,12 +118,14 @@ export function watchUsage(processes: Record<string, number>, intervalMs = 250):
       let oursTicks = 0;
       for (const [name, entry] of watched) {
         const cpuMs = (entry.last?.cpuMs ?? 0) - (entry.start?.cpuMs ?? 0);
+        const systemCpuMs = (entry.last?.systemCpuMs ?? 0) - (entry.start?.systemCpuMs ?? 0);
         oursTicks += (cpuMs / 1000) * TICKS_PER_SECOND;
         report.push({
           name,
           pid: entry.pid,
           cpuMs,
           cpuPercent: durationMs > 0 ? (100 * cpuMs) / durationMs : 0,
+          systemCpuPercent: durationMs > 0 ? (100 * systemCpuMs) / durationMs : 0,
           peakRssBytes: entry.peak,
           rssAtEndBytes: entry.last?.rssBytes ?? 0,
         });

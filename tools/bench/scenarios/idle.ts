@@ -31,6 +31,8 @@ interface IdleLevel {
   readonly kernelPerConnection: number;
   /** CPU of the process at rest (heartbeats only) over the idle window, percent of one core. */
   readonly idleCpuPercent: number;
+  /** Of which in the kernel (socket reads and writes), percent of one core. */
+  readonly idleSystemCpuPercent: number;
   readonly loadgenCpuPercent: number;
   readonly loadgenRssBytes: number;
   readonly ends: Record<string, number>;
@@ -174,6 +176,7 @@ async function idleOn(target: Target, options: BenchOptions, progress: Progress)
           ((memory?.heapUsed ?? Number.NaN) - (base?.heapUsed ?? Number.NaN)) / Math.max(1, connected),
         kernelPerConnection: (kernelTcpBytes() - kernelBase) / Math.max(1, pool.size),
         idleCpuPercent: server?.cpuPercent ?? Number.NaN,
+        idleSystemCpuPercent: server?.systemCpuPercent ?? Number.NaN,
         loadgenCpuPercent: loadgen?.cpuPercent ?? Number.NaN,
         loadgenRssBytes: process.memoryUsage().rss,
         ends: Object.fromEntries(ends()),
@@ -182,7 +185,7 @@ async function idleOn(target: Target, options: BenchOptions, progress: Progress)
       progress.note(
         `${target.name} ${level}: ${connected} connected (${opened.failed} failed, ${stillOpen} still open) over ${pool.size} connections in ${(entry.connectMs / 1000).toFixed(1)} s; ` +
           `RSS ${(rss / 2 ** 20).toFixed(0)} MB = ${(entry.rssPerStream / 1024).toFixed(1)} KB/stream (heap ${(entry.heapPerStream / 1024).toFixed(1)} KB); ` +
-          `idle CPU ${entry.idleCpuPercent.toFixed(1)}%, loadgen ${entry.loadgenCpuPercent.toFixed(1)}%; ` +
+          `idle CPU ${entry.idleCpuPercent.toFixed(1)}% (kernel ${entry.idleSystemCpuPercent.toFixed(1)}%), loadgen ${entry.loadgenCpuPercent.toFixed(1)}%; ` +
           `refused and retried ${JSON.stringify(entry.refusals)} (idle window ${monotonicFrom}-${monotonicTo})`,
       );
       if (opened.failed > 0 || stillOpen < connected) {
@@ -237,6 +240,7 @@ function idleReport(options: BenchOptions, results: readonly IdleResult[]): Benc
           "heap per stream KB",
           "kernel TCP per conn KB",
           "idle CPU %",
+          "of which kernel %",
           "loadgen CPU %",
           "loadgen RSS MB",
         ],
@@ -254,6 +258,7 @@ function idleReport(options: BenchOptions, results: readonly IdleResult[]): Benc
             l.heapPerStream / 1024,
             l.kernelPerConnection / 1024,
             l.idleCpuPercent,
+            l.idleSystemCpuPercent,
             l.loadgenCpuPercent,
             l.loadgenRssBytes / 2 ** 20,
           ]),
