@@ -23,6 +23,8 @@ interface IdleLevel {
   /** Of the process holding the streams, after a full GC. */
   readonly rssBytes: number;
   readonly heapUsedBytes: number;
+  /** The V8 heap the process holds (used plus free space in its pages), after the full GC. */
+  readonly heapTotalBytes: number;
   readonly externalBytes: number;
   /** Growth since before the first stream, per connected stream. */
   readonly rssPerStream: number;
@@ -170,6 +172,7 @@ async function idleOn(target: Target, options: BenchOptions, progress: Progress)
         connectMs: performance.now() - started,
         rssBytes: rss,
         heapUsedBytes: memory?.heapUsed ?? Number.NaN,
+        heapTotalBytes: memory?.heapTotal ?? Number.NaN,
         externalBytes: memory?.external ?? Number.NaN,
         rssPerStream: (rss - (base?.rss ?? Number.NaN)) / Math.max(1, connected),
         heapPerStream:
@@ -184,7 +187,7 @@ async function idleOn(target: Target, options: BenchOptions, progress: Progress)
       levels.push(entry);
       progress.note(
         `${target.name} ${level}: ${connected} connected (${opened.failed} failed, ${stillOpen} still open) over ${pool.size} connections in ${(entry.connectMs / 1000).toFixed(1)} s; ` +
-          `RSS ${(rss / 2 ** 20).toFixed(0)} MB = ${(entry.rssPerStream / 1024).toFixed(1)} KB/stream (heap ${(entry.heapPerStream / 1024).toFixed(1)} KB); ` +
+          `RSS ${(rss / 2 ** 20).toFixed(0)} MB (V8 heap ${(entry.heapTotalBytes / 2 ** 20).toFixed(0)} MB) = ${(entry.rssPerStream / 1024).toFixed(1)} KB/stream (heap ${(entry.heapPerStream / 1024).toFixed(1)} KB); ` +
           `idle CPU ${entry.idleCpuPercent.toFixed(1)}% (kernel ${entry.idleSystemCpuPercent.toFixed(1)}%), loadgen ${entry.loadgenCpuPercent.toFixed(1)}%; ` +
           `refused and retried ${JSON.stringify(entry.refusals)} (idle window ${monotonicFrom}-${monotonicTo})`,
       );
