@@ -40,6 +40,8 @@ export interface BenchOptions {
   readonly clients: "sdk" | "minimal";
   readonly heartbeatMs: number | undefined;
   readonly cpuProf: boolean;
+  /** Embedded: the mesh child's V8 old-space limit in MB (Node's default: a quarter of RAM, at most ~4 GB). */
+  readonly maxOldSpaceMb: number | undefined;
   /** S3 on an embedded target: a heap snapshot before the first stream and after each level. */
   readonly heapSnapshot: boolean;
   /** Experiment: the embedded stores' `PRAGMA synchronous` (Parley uses FULL). */
@@ -80,6 +82,7 @@ options
                                minimal clients that ack each message (the mesh's own figure)
   --heartbeat-ms MS            embedded: the edge's heartbeat interval (s3)
   --cpu-prof                   embedded: run the mesh child under --cpu-prof (profiles in --out/profiles)
+  --max-old-space-size MB      embedded: the mesh child's V8 heap limit (100K idle streams hold ~3 GB)
   --heap-snapshot              s3, embedded: heap snapshots of the process under test before the first
                                stream and after each level (in --out/profiles; compare two with
                                tools/bench/heap-summary.ts)
@@ -131,6 +134,7 @@ export function parseBenchOptions(argv: readonly string[]): BenchOptions {
       "heartbeat-ms": { type: "string" },
       "cpu-prof": { type: "boolean" },
       "heap-snapshot": { type: "boolean" },
+      "max-old-space-size": { type: "string" },
       "sqlite-synchronous": { type: "string" },
       "mesh-log": { type: "string" },
       out: { type: "string" },
@@ -208,6 +212,10 @@ export function parseBenchOptions(argv: readonly string[]): BenchOptions {
       values["heartbeat-ms"] === undefined ? undefined : positive(values["heartbeat-ms"], "heartbeat-ms"),
     cpuProf: values["cpu-prof"] === true,
     heapSnapshot: values["heap-snapshot"] === true,
+    maxOldSpaceMb:
+      values["max-old-space-size"] === undefined
+        ? undefined
+        : positive(values["max-old-space-size"], "max-old-space-size"),
     sqliteSynchronous: sqliteSynchronous(values["sqlite-synchronous"]),
     meshLog: values["mesh-log"] === undefined ? undefined : resolve(values["mesh-log"]),
     outDir: resolve(values.out ?? resolve(repoRoot, "bench/results")),

@@ -42,6 +42,9 @@ export async function startTarget(name: TargetName, options: BenchOptions): Prom
     };
   }
   const nodeFlags = ["--expose-gc"];
+  if (name === "parley" && options.maxOldSpaceMb !== undefined) {
+    nodeFlags.push(`--max-old-space-size=${options.maxOldSpaceMb}`);
+  }
   if (options.cpuProf) {
     const dir = join(options.outDir, "profiles");
     mkdirSync(dir, { recursive: true });
@@ -97,6 +100,7 @@ export async function startTarget(name: TargetName, options: BenchOptions): Prom
       ),
     rpcCalls: async () =>
       name === "parley" ? child.request<Record<string, number>>({ type: "rpc-calls" }, 60_000) : undefined,
-    stop: () => child.stop(),
+    // A profile is written at exit, after every stream closed: 100K take more than the default grace.
+    stop: () => child.stop(options.cpuProf ? 300_000 : undefined),
   };
 }
