@@ -13,9 +13,10 @@ import type { Logger } from "../lib/logging.ts";
 import { authenticatedCallerKey } from "./auth/interceptor.ts";
 import type { TokenVerifier } from "./auth/verifier.ts";
 import { directClientFrames } from "./client-frames.ts";
+import { drainOf, responseGone } from "./frame-writer.ts";
 import type { NodeHandlerFn } from "./http-server.ts";
 import { edgeErrorBoundary, startEdgeCallTelemetry } from "./interceptors.ts";
-import type { NodeRequest, NodeResponse } from "./transport-scope.ts";
+import type { NodeRequest } from "./transport-scope.ts";
 
 type SessionResponseInit = MessageInitShape<typeof SessionResponseSchemaType>;
 
@@ -115,7 +116,8 @@ async function serveSession(
       const step = await inSpan(() => iterator.next());
       if (step.done === true) break;
       // Backpressure: the next message waits until the response drains (or closes).
-      if (!writeMessage(res, ctx, step.value as SessionResponseInit)) await waitForDrain(res);
+      if (!writeMessage(res, ctx, step.value as SessionResponseInit))
+        await drainOf(res, () => responseGone(res));
     }
   } catch (err) {
     failed = true;
@@ -142,7 +144,7 @@ function writeMessage(
   ctx: HandlerContext,
   message: SessionResponseInit,
 ): boolean {
-  if (gone(res)) return true;
+  if (responseGone(res)) return true;
   if (!res.headersSent) res.writeHead(200, nodeHeaders(ctx.responseHeader));
   const data = toBinary(SessionResponseSchema, create(SessionResponseSchema, message));
   const chunk = Buffer.allocUnsafe(5 + data.length);
@@ -159,7 +161,7 @@ function writeEnd(
   grpc: boolean,
   error: ConnectError | undefined,
 ): void {
-  if (gone(res)) return;
+  if (responseGone(res)) return;
   if (!res.headersSent) res.writeHead(200, nodeHeaders(ctx.responseHeader));
   if (grpc) {
     setTrailerStatus(ctx.responseTrailer, error);
@@ -176,24 +178,6 @@ function writeEnd(
     res.write(chunk);
   }
   res.end();
-}
-
-function gone(res: http2.Http2ServerResponse): boolean {
-  return res.stream.destroyed || res.stream.closed || res.writableEnded;
-}
-
-function waitForDrain(res: NodeResponse): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      res.off("drain", done);
-      res.off("close", done);
-      res.off("error", done);
-      resolve();
-    };
-    res.on("drain", done);
-    res.on("close", done);
-    res.on("error", done);
-  });
 }
 
 /** As connect-node's webHeaderToNodeHeaders: repeated set-cookie values stay apart. */

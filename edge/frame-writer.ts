@@ -174,7 +174,8 @@ function putMessage(chunk: Buffer, at: number, body: Uint8Array): number {
   return p + body.length;
 }
 
-function responseGone(response: NodeResponse): boolean {
+/** The response can take nothing more: its stream closed or was destroyed, or it ended. */
+export function responseGone(response: NodeResponse): boolean {
   if (response instanceof http2.Http2ServerResponse) {
     return response.stream.destroyed || response.stream.closed || response.writableEnded;
   }
@@ -182,7 +183,7 @@ function responseGone(response: NodeResponse): boolean {
 }
 
 /** Resolves once the response drains, closes or fails. */
-function drainOf(response: NodeResponse, isGone: () => boolean): Promise<void> {
+export function drainOf(response: NodeResponse, isGone: () => boolean): Promise<void> {
   if (isGone()) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
