@@ -34,11 +34,11 @@ export interface DirectSessionOptions {
  * Serves Session calls straight on node:http2 where the protocol allows, and hands every other
  * request to `next` (connect-node).
  *
- * Why: an idle device stream held ~40 KB of connect-node's per-call machinery (its chain of async
- * generators between the handler and the response, their promises and closures: the `relay`
- * baseline holds as much for an empty stream), most of S3's memory per stream, while its frames
- * already bypassed it (frame-writer.ts, client-frames.ts). A device's stream is the one call an
- * edge holds by the hundred thousand.
+ * Why: connect-node's per-call machinery (its chain of async generators between the handler and
+ * the response, their promises and closures) was half of an idle device stream's heap: 46 KB per
+ * stream with it, 23 KB without (bench/README.md, S3), while the stream's frames already bypassed
+ * it (frame-writer.ts, client-frames.ts). A device's stream is the one call an edge holds by the
+ * hundred thousand.
  *
  * Which calls: a Session over HTTP/2, binary gRPC or the Connect streaming protocol, whose client
  * frames client-frames.ts can read (neither a compressed client stream nor a timeout header).
