@@ -3,6 +3,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { ConnectError, HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { createContextValues, createHandlerContext } from "@connectrpc/connect";
+import { encodeEnvelope } from "@connectrpc/connect/protocol";
 import { createEndStreamSerialization, endStreamFlag } from "@connectrpc/connect/protocol-connect";
 import { grpcStatusOk, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { universalRequestFromNodeRequest } from "@connectrpc/connect-node";
@@ -47,8 +48,9 @@ export interface DirectSessionOptions {
  * How it stays what Connect would do: the call runs the same steps as the edge's interceptors,
  * through the same functions (a span and a duration, the error boundary and its log lines, the
  * token check), then the same handler with a HandlerContext made by Connect's own factory, whose
- * signal aborts as Connect's does. Headers go out with the first frame. The end is written with
- * Connect's own helpers: gRPC's status trailers, or the Connect protocol's end-stream message.
+ * signal aborts as Connect's does. Headers go out with the first frame. Envelopes and the end are
+ * written with Connect's own helpers: gRPC's status trailers, or the Connect protocol's end-stream
+ * message.
  * One difference on the wire, on purpose: responses are never compressed. Where a client accepts
  * gzip (connect-node clients do by default) Connect would answer with `grpc-encoding` (or
  * `connect-content-encoding`) and compress each frame of at least 1 KiB; here the header is absent
@@ -146,12 +148,9 @@ function writeMessage(
 ): boolean {
   if (responseGone(res)) return true;
   if (!res.headersSent) res.writeHead(200, nodeHeaders(ctx.responseHeader));
-  const data = toBinary(SessionResponseSchema, create(SessionResponseSchema, message));
-  const chunk = Buffer.allocUnsafe(5 + data.length);
-  chunk[0] = 0;
-  chunk.writeUInt32BE(data.length, 1);
-  chunk.set(data, 5);
-  return res.write(chunk);
+  return res.write(
+    encodeEnvelope(0, toBinary(SessionResponseSchema, create(SessionResponseSchema, message))),
+  );
 }
 
 /** The call's end: gRPC's status trailers, or the Connect protocol's end-stream message. */
@@ -167,15 +166,11 @@ function writeEnd(
     setTrailerStatus(ctx.responseTrailer, error);
     res.addTrailers(nodeHeaders(ctx.responseTrailer));
   } else {
-    const data = endStream.serialize({
+    const end = endStream.serialize({
       metadata: ctx.responseTrailer,
       ...(error === undefined ? {} : { error }),
     });
-    const chunk = Buffer.allocUnsafe(5 + data.length);
-    chunk[0] = endStreamFlag;
-    chunk.writeUInt32BE(data.length, 1);
-    chunk.set(data, 5);
-    res.write(chunk);
+    res.write(encodeEnvelope(endStreamFlag, end));
   }
   res.end();
 }
