@@ -245,6 +245,14 @@ function short(v: number): string {
   return v.toPrecision(2);
 }
 
+/** A time as result and profile file names carry it: 2026-11-22T020458Z. */
+export function fileStamp(at: Date): string {
+  return at
+    .toISOString()
+    .replace(/[:]/g, "")
+    .replace(/\.\d+Z$/, "Z");
+}
+
 /** Writes <scenario>-<stamp>[-tag].json/.md/.svg under `outDir`; returns the base path. */
 export function writeReport(
   report: BenchReport,
@@ -253,10 +261,7 @@ export function writeReport(
   startedAt: Date,
 ): string {
   mkdirSync(options.outDir, { recursive: true });
-  const stamp = startedAt
-    .toISOString()
-    .replace(/[:]/g, "")
-    .replace(/\.\d+Z$/, "Z");
+  const stamp = fileStamp(startedAt);
   const base = join(
     options.outDir,
     `${options.scenario}-${options.profile}-${stamp}${options.quick ? "-quick" : ""}${options.tag === "" ? "" : `-${options.tag}`}`,

@@ -6,6 +6,7 @@ import { createPopulation, createTransportPool } from "../population.ts";
 import { watchUsage } from "../proc-stats.ts";
 import type { Progress } from "../progress.ts";
 import type { BenchReport, Goal } from "../report.ts";
+import { fileStamp } from "../report.ts";
 import { anonymousDevices, openStreams, runPrefix } from "../scenario-kit.ts";
 import type { BenchStream } from "../stream-client.ts";
 import { createConnectionPool } from "../stream-client.ts";
@@ -102,10 +103,7 @@ async function idleOn(target: Target, options: BenchOptions, progress: Progress)
   });
   const snapshotDir = join(options.outDir, "profiles");
   if (options.heapSnapshot) mkdirSync(snapshotDir, { recursive: true });
-  const snapshotStamp = new Date()
-    .toISOString()
-    .replace(/[-:]/g, "")
-    .replace(/\.\d+Z$/, "Z");
+  const snapshotStamp = fileStamp(new Date());
   // A snapshot is written only where there is a process of ours to write it (not a cluster's).
   const snapshotPath = (label: string) => {
     if (!options.heapSnapshot || target.child === undefined) return undefined;
