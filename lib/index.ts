@@ -75,6 +75,7 @@ export { createParleyValidator, VALIDATION_FAILED, validateMessage } from "./grp
 export { DIRECT_CONVERSATION_NAMESPACE, directConversationId, newGroupId, newMessageId } from "./ids.ts";
 export type { Logger, LogLevel } from "./logging.ts";
 export { createLogger, LOG_LEVELS, traceFields } from "./logging.ts";
+export { CLIENT_MESSAGE_MAX_BYTES, INTERNAL_MESSAGE_MAX_BYTES } from "./message-limits.ts";
 export type { Outbox, OutboxEvent, OutboxRecord, OutboxRelay } from "./outbox.ts";
 export { createSqliteOutbox, startOutboxRelay } from "./outbox.ts";
 export type { MemoryRateLimiterOptions, RateDecision, RateLimiter, RateRule } from "./rate-limit.ts";

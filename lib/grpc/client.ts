@@ -13,6 +13,7 @@ import type { DeadlineOptions } from "nice-grpc-client-middleware-deadline";
 import { deadlineMiddleware } from "nice-grpc-client-middleware-deadline";
 import type { RetryOptions } from "nice-grpc-client-middleware-retry";
 import { retryMiddleware } from "nice-grpc-client-middleware-retry";
+import { INTERNAL_MESSAGE_MAX_BYTES } from "../message-limits.ts";
 import { ClientErrorWithTrailer } from "./grpc-error.ts";
 import { clientMetricsMiddleware } from "./metrics.ts";
 import type { GrpcClient } from "./service-definition.ts";
@@ -49,6 +50,7 @@ export function createGrpcChannel(address: string, options: GrpcChannelOptions =
   const serviceConfig = { loadBalancingConfig: [{ [options.loadBalancing ?? "round_robin"]: {} }] };
   return createChannel(address, undefined, {
     "grpc.service_config": JSON.stringify(serviceConfig),
+    "grpc.max_receive_message_length": INTERNAL_MESSAGE_MAX_BYTES,
     ...options.channelOptions,
   });
 }

@@ -10,6 +10,7 @@ import reflectionPb from "nice-grpc-server-reflection/lib/proto/grpc/reflection/
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { SenderService, SendMessageRequestSchema } from "../../gen/parley/sender/v1/sender_service_pb.ts";
 import { INTERNAL_ERROR_MESSAGE, notFound } from "../errors.ts";
+import { CLIENT_MESSAGE_MAX_BYTES, INTERNAL_MESSAGE_MAX_BYTES } from "../message-limits.ts";
 import type { StopTelemetry } from "../telemetry.ts";
 import { startTelemetry } from "../telemetry.ts";
 import { closeChannel, createGrpcClient } from "./client.ts";
@@ -70,6 +71,45 @@ describe("createGrpcServer", () => {
   it("listens on the port it was given, or a free one for 0", async () => {
     const { port } = await start(async () => ({ messageId: "m" }));
     expect(port).toBeGreaterThan(0);
+  });
+
+  it("receives what the edge accepts plus what a hop adds, and refuses more with RESOURCE_EXHAUSTED", async () => {
+    // gRPC's usual 4 MiB default would refuse a send the edge accepted (its own limit) once the
+    // sender's address is added to it.
+    const withCiphertexts = (users: number) => {
+      const request = validSendRequest();
+      const recipients = Array.from({ length: users }, (_, u) => ({
+        userId: `user-${u}`,
+        devices: Array.from({ length: 5 }, (_, d) => ({
+          deviceId: `device-${d}`,
+          ciphertext: new Uint8Array(4_096),
+        })),
+      }));
+      return {
+        ...request,
+        envelope: { ...request.envelope, payload: { case: "perDevice" as const, value: { recipients } } },
+      };
+    };
+    const received: number[] = [];
+    const { client } = await start(async (request) => {
+      const payload = request.envelope?.payload;
+      received.push(payload?.case === "perDevice" ? payload.value.recipients.length : 0);
+      return { messageId: "m" };
+    });
+    const justOver = withCiphertexts(205);
+    expect(
+      toBinary(SendMessageRequestSchema, create(SendMessageRequestSchema, justOver)).length,
+    ).toBeGreaterThan(CLIENT_MESSAGE_MAX_BYTES);
+    await client.sendMessage(justOver);
+    expect(received).toEqual([205]);
+
+    const tooLarge = withCiphertexts(270);
+    expect(
+      toBinary(SendMessageRequestSchema, create(SendMessageRequestSchema, tooLarge)).length,
+    ).toBeGreaterThan(INTERNAL_MESSAGE_MAX_BYTES);
+    const err = await failure(client.sendMessage(tooLarge));
+    expect((err as ClientError).code).toBe(Status.RESOURCE_EXHAUSTED);
+    expect(received).toEqual([205]);
   });
 
   it("sends a ParleyError as its status code, message and ErrorInfo", async () => {

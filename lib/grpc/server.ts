@@ -10,6 +10,7 @@ import {
 } from "nice-grpc-server-health";
 import { ServerReflectionService } from "nice-grpc-server-reflection";
 import type { Logger } from "../logging.ts";
+import { INTERNAL_MESSAGE_MAX_BYTES } from "../message-limits.ts";
 import { createAccessLogMiddleware } from "./access-log.ts";
 import { createErrorMappingMiddleware } from "./error-mapping.ts";
 import { serverMetricsMiddleware } from "./metrics.ts";
@@ -106,7 +107,10 @@ export function createGrpcServer<const T extends readonly DescService[]>(
 
   // Attached first runs first: tracing must wrap logging so each log line carries the trace id,
   // and logging and metrics must wrap the error mapping so they see the final status code.
-  const server = createServer(options.channelOptions)
+  const server = createServer({
+    "grpc.max_receive_message_length": INTERNAL_MESSAGE_MAX_BYTES,
+    ...options.channelOptions,
+  })
     .use(serverTracingMiddleware)
     .use(serverMetricsMiddleware)
     .use(createAccessLogMiddleware(logger.child({ component: "grpc" })))
