@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { CLIENT_MESSAGE_MAX_BYTES } from "../message-limits.ts";
 import type { Broker, BrokerMessage, Subscription } from "./broker.ts";
 import { DEAD_LETTER_PROPERTIES, deadLetterTopic } from "./broker.ts";
 
@@ -140,6 +141,21 @@ export function describeBrokerContract(
       await broker.publish(topic, { key: "k", payload: bytes("live") });
       await waitFor(() => messages.length === 51, "the live message");
       expect(text(messages[50] as BrokerMessage)).toBe("live");
+    });
+
+    it("carries a payload as large as a client's largest send makes, byte for byte", async () => {
+      // The event of a send (the client's message of up to 4 MiB, its recipient devices and ids)
+      // goes through the broker whole: an adapter whose transport is smaller loses accepted sends.
+      const broker = await open();
+      const topic = topicName("large");
+      const payload = new Uint8Array(CLIENT_MESSAGE_MAX_BYTES + 512 * 1024);
+      for (let i = 0; i < payload.length; i += 4_096) payload.set(bytes(`chunk ${i}`), i);
+      const { messages } = await record(broker, topic, "large");
+      await broker.publish(topic, { key: "k", payload, properties: { traceparent: TRACEPARENT } });
+      await waitFor(() => messages.length === 1, "the large message");
+      const received = messages[0] as BrokerMessage;
+      expect(received.payload.length).toBe(payload.length);
+      expect(Buffer.from(received.payload).equals(Buffer.from(payload))).toBe(true);
     });
 
     // More keys than handler slots, and more slots than keys (where a free slot must not take a busy key).

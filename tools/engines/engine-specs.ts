@@ -331,6 +331,11 @@ function writePulsarConfig(dir: string, ports: EnginePorts) {
       `bookiePort=${ports.pulsarBookie}`,
       "allowLoopback=true",
       "webSocketServiceEnabled=true",
+      // Parley's messages reach Pulsar as WebSocket text frames, the payload in base64 (4/3 of its
+      // size) inside JSON. The default frame limit, 1 MiB, refused any message over ~750 KB; this
+      // one takes a message as large as Pulsar's own limit (maxMessageSize, 5 MiB) and its
+      // properties. lib/message-limits.ts says what the largest send makes.
+      "webSocketMaxTextFrameSize=8388608",
       "functionsWorkerEnabled=false",
       "managedLedgerDefaultEnsembleSize=1",
       "managedLedgerDefaultWriteQuorum=1",
