@@ -25,6 +25,9 @@ interface Read {
   readonly end: "done" | "failed" | "aborted";
 }
 
+/** The largest client frame either way reads (the edge's is 4 MiB). */
+const READ_MAX_BYTES = 256 * 1024;
+
 /** The Node request of the call being handled: what the direct reader reads. */
 const requestOfCall = new AsyncLocalStorage<NodeRequest>();
 
@@ -40,7 +43,7 @@ const routes = (router: ConnectRouter) =>
     async *session(requests, ctx) {
       const call = ctx.requestHeader.get("x-call") ?? "";
       const direct = ctx.requestHeader.get("x-direct") === "1";
-      const source = direct ? directClientFrames(requestOfCall.getStore()) : requests;
+      const source = direct ? directClientFrames(requestOfCall.getStore(), READ_MAX_BYTES) : requests;
       const frames: string[] = [];
       const cursorBuffers: number[] = [];
       progress.set(call, frames);
@@ -68,7 +71,7 @@ let server: EdgeHttpServer;
 let url: string;
 
 beforeAll(async () => {
-  const adapter = connectNodeAdapter({ routes });
+  const adapter = connectNodeAdapter({ routes, readMaxBytes: READ_MAX_BYTES });
   server = await listenHttp((req, res) => requestOfCall.run(req, () => adapter(req, res)), "127.0.0.1", 0);
   url = `http://127.0.0.1:${server.port}`;
 });
@@ -214,6 +217,7 @@ describe.each(Object.entries(PROTOCOLS))("client frames over %s", (_name, header
     ["a compressed message without a compression", [envelope(ack(1)), envelope(gzipSync(ack(2)), 1)]],
     ["a message that does not decode", [envelope(ack(1)), envelope(Buffer.from([0x0f, 0xff, 0xff]))]],
     ["a request ending within a message", [envelope(ack(1)), envelope(ack(2)).subarray(0, 9)]],
+    ["a message larger than readMaxBytes", [envelope(ack(1)), envelope(Buffer.alloc(READ_MAX_BYTES + 1))]],
   ])("fail after the frames before %s", async (_case, writes) => {
     const { connect, direct } = await bothWays(headers, writes);
     expect(strip(direct)).toEqual(strip(connect));

@@ -1,5 +1,6 @@
 import http2 from "node:http2";
 import { fromBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { SessionRequest } from "../gen/parley/edge/v1/session_service_pb.ts";
 import { SessionRequestSchema } from "../gen/parley/edge/v1/session_service_pb.ts";
 import type { NodeRequest } from "./transport-scope.ts";
@@ -33,7 +34,8 @@ const END_STREAM_FLAG = 0b10;
  * How it stays equivalent: it parses the same envelopes and decodes each message with protobuf-es
  * as Connect's serializer does, treating the envelope flags as Connect does. What Connect would
  * raise while reading (a compressed envelope without a negotiated compression, a message that does
- * not decode, an envelope cut short by the end of the body) is thrown from `next()`, and the body
+ * not decode, an envelope cut short by the end of the body, and, as the same RESOURCE_EXHAUSTED
+ * ConnectError, an envelope announcing more than `readMaxBytes`) is thrown from `next()`, and the body
  * is read with the request's own async iterator, as Connect reads it, so a reset or an early close
  * ends the frames as it ends Connect's `requests`.
  * `client-frames.test.ts` reads the same client streams both ways, in a Connect handler that
@@ -42,6 +44,7 @@ const END_STREAM_FLAG = 0b10;
  */
 export function directClientFrames(
   request: NodeRequest | undefined,
+  readMaxBytes: number,
 ): AsyncIterable<SessionRequest> | undefined {
   if (!(request instanceof http2.Http2ServerRequest)) return undefined;
   const contentType = request.headers["content-type"];
@@ -51,7 +54,7 @@ export function directClientFrames(
     if (value !== undefined && value !== "identity") return undefined;
   }
   const skipsEndStream = contentType === "application/connect+proto";
-  return { [Symbol.asyncIterator]: () => readEnvelopes(request, skipsEndStream) };
+  return { [Symbol.asyncIterator]: () => readEnvelopes(request, skipsEndStream, readMaxBytes) };
 }
 
 /**
@@ -62,6 +65,7 @@ export function directClientFrames(
 async function* readEnvelopes(
   request: http2.Http2ServerRequest,
   skipsEndStream: boolean,
+  readMaxBytes: number,
 ): AsyncGenerator<SessionRequest, void, undefined> {
   /** Bytes received and not parsed yet, in arrival order. */
   let pending: Buffer[] = [];
@@ -74,6 +78,13 @@ async function* readEnvelopes(
       const first = pending[0] as Buffer;
       const flags = first[0] as number;
       const length = first.readUInt32BE(1);
+      // Refused on its announced length, as Connect refuses it, before a byte of it is buffered.
+      if (length > readMaxBytes) {
+        throw new ConnectError(
+          `message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`,
+          Code.ResourceExhausted,
+        );
+      }
       if (pendingBytes < 5 + length) break;
       if (flags & COMPRESSED_FLAG) {
         throw new Error("protocol error: a compressed message, but the request names no compression");

@@ -108,6 +108,8 @@ let direct: EdgeHttpServer;
 let connect: EdgeHttpServer;
 /** Requests the direct server left to Connect. */
 let passedOn = 0;
+/** Both servers' limit on a client frame (the edge's is 4 MiB). */
+const READ_MAX_BYTES = 1_024;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "parley-direct-session-"));
@@ -128,6 +130,7 @@ beforeAll(async () => {
   const adapter = (logs: Record<string, unknown>[]) =>
     connectNodeAdapter({
       routes,
+      readMaxBytes: READ_MAX_BYTES,
       interceptors: [
         createTelemetryInterceptor(),
         createErrorInterceptor(logger(logs)),
@@ -143,7 +146,10 @@ beforeAll(async () => {
   };
   direct = await listenHttp(
     withTransportAbort(
-      withDirectSession({ session, verifier: auth.verifier, logger: logger(logs.direct) }, counted),
+      withDirectSession(
+        { session, verifier: auth.verifier, logger: logger(logs.direct), readMaxBytes: READ_MAX_BYTES },
+        counted,
+      ),
     ),
     "127.0.0.1",
     0,
@@ -365,6 +371,17 @@ describe.each(Object.entries(PROTOCOLS))("a Session served directly over %s", (_
     expect(viaDirect).toEqual(viaConnect);
     const ended = ending(viaDirect);
     expect(ended).toContain("slow down");
+  });
+
+  it("refuses a client frame larger than readMaxBytes with RESOURCE_EXHAUSTED, as Connect does", async () => {
+    const tooLarge = envelope(new Uint8Array(READ_MAX_BYTES + 1));
+    // Alone: Connect splits every envelope of a received chunk before yielding the first, so a
+    // frame before it in the same chunk would be read by one server and not the other.
+    const { viaConnect, viaDirect } = await bothWays(headers, [tooLarge], { scenario: "echo" });
+    expect(viaDirect).toEqual(viaConnect);
+    expect(viaDirect.seen).toMatchObject({ frames: 0 });
+    expect(ending(viaDirect)).toContain(`message size 1025 is larger than configured readMaxBytes 1024`);
+    expect(viaDirect.logs.at(-1)).toMatchObject({ msg: "rpc failed", code: 8, inTrace: true });
   });
 
   it("hides an unexpected error's cause behind internal, as Connect does", async () => {

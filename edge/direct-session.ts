@@ -29,6 +29,8 @@ export interface DirectSessionOptions {
   readonly session: ServiceImpl<typeof SessionService>["session"];
   readonly verifier: TokenVerifier;
   readonly logger: Logger;
+  /** The largest client frame read (connectNodeAdapter's `readMaxBytes` for the other calls). */
+  readonly readMaxBytes: number;
 }
 
 /**
@@ -62,7 +64,10 @@ export function withDirectSession(options: DirectSessionOptions, next: NodeHandl
     if (!(req instanceof http2.Http2ServerRequest) || !(res instanceof http2.Http2ServerResponse)) {
       return next(req, res);
     }
-    const requests = req.method === "POST" && req.url === SESSION_PATH ? directClientFrames(req) : undefined;
+    const requests =
+      req.method === "POST" && req.url === SESSION_PATH
+        ? directClientFrames(req, options.readMaxBytes)
+        : undefined;
     if (requests === undefined) return next(req, res);
     let universal: ReturnType<typeof universalRequestFromNodeRequest>;
     try {

@@ -1,6 +1,7 @@
 import type { DescMethod, MessageInitShape } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Attributes, Link, Span } from "@opentelemetry/api";
 import { SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import type { Status } from "../gen/google/rpc/status_pb.ts";
@@ -494,10 +495,12 @@ function createFrameReader(
         stream.touch();
         handle(next.value);
       }
-    } catch {
-      // The client's side failed: reset or gone (the signal says so), or a message that does not
-      // decode, which no FrameError can answer (there is no frame id to echo).
+    } catch (err) {
+      // The client's side failed: reset or gone (the signal says so), or a message too large to
+      // read or that does not decode, which no FrameError can answer (there is no frame id to echo).
       if (ctx.signal.aborted) stream.abort();
+      else if (err instanceof ConnectError && err.code === Code.ResourceExhausted)
+        stream.close(Closes.messageTooLarge);
       else stream.close(Closes.protocolError);
     } finally {
       clearTimeout(helloTimer);

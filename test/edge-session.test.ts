@@ -47,6 +47,7 @@ import type { GrpcServer } from "../lib/grpc/server.ts";
 import { createGrpcServer, grpcService } from "../lib/grpc/server.ts";
 import { unimplementedService } from "../lib/grpc/unimplemented.ts";
 import { createLogger } from "../lib/logging.ts";
+import { CLIENT_MESSAGE_MAX_BYTES } from "../lib/message-limits.ts";
 import type { InProcessHostLease, InProcessRegistry } from "../lib/registry/in-process-registry.ts";
 import { createInProcessRegistry } from "../lib/registry/in-process-registry.ts";
 import type { Registry } from "../lib/registry/registry.ts";
@@ -458,6 +459,60 @@ describe("Session", () => {
     for (let i = 1; i <= 11; i++) expect(expectCase(await down.next(), "frameError").frameId).toBe(BigInt(i));
     expect(expectCase(await down.next(), "close").reason).toBe(CloseReason.PROTOCOL_ERROR);
     expect((await down.end())?.code).toBe(Code.InvalidArgument);
+  });
+
+  it.each([
+    ["served directly", undefined],
+    // A timeout header sends the Session through Connect (client-frames.ts).
+    ["through Connect", 60_000],
+  ])(
+    "closes with MESSAGE_TOO_LARGE (resource_exhausted) on a frame over 4 MiB, %s",
+    async (_path, timeoutMs) => {
+      const transport = createGrpcTransport({
+        baseUrl: edge.url,
+        interceptors: [bearer(await token("alice", "laptop"))],
+        ...(timeoutMs === undefined ? {} : { defaultTimeoutMs: timeoutMs }),
+      });
+      const up = outbox();
+      const down = reader(createClient(SessionService, transport).session(up));
+      expectCase(await down.next(), "ready");
+      const envelope = {
+        kind: ContentKind.TEXT,
+        payload: { case: "shared" as const, value: { ciphertext: new Uint8Array(CLIENT_MESSAGE_MAX_BYTES) } },
+      };
+      up.send({
+        frameId: 1n,
+        body: {
+          case: "send",
+          value: { conversationId: conversation, clientMessageId: uuid(4_100), envelope },
+        },
+      });
+      const close = expectCase(await down.next(), "close");
+      expect(close.reason).toBe(CloseReason.MESSAGE_TOO_LARGE);
+      expect(close.message).toContain(`larger than ${CLIENT_MESSAGE_MAX_BYTES} bytes`);
+      const end = await down.end();
+      expect(end?.code).toBe(Code.ResourceExhausted);
+      expect(ConnectError.from(end).findDetails(ErrorInfoSchema)[0]?.reason).toBe("MESSAGE_TOO_LARGE");
+      up.end();
+    },
+  );
+
+  it("refuses a unary Send over 4 MiB with RESOURCE_EXHAUSTED before it reaches sender", async () => {
+    const client = createClient(SessionService, grpc(await token("alice", "laptop")));
+    const envelope = {
+      kind: ContentKind.TEXT,
+      payload: { case: "shared" as const, value: { ciphertext: new Uint8Array(CLIENT_MESSAGE_MAX_BYTES) } },
+    };
+    const sendsBefore = receivedBy("SendMessage").length;
+    const refused = await client
+      .send({ message: { conversationId: conversation, clientMessageId: uuid(4_101), envelope } })
+      .then(
+        () => undefined,
+        (err: unknown) => ConnectError.from(err),
+      );
+    expect(refused?.code).toBe(Code.ResourceExhausted);
+    expect(refused?.rawMessage).toContain(`readMaxBytes ${CLIENT_MESSAGE_MAX_BYTES}`);
+    expect(receivedBy("SendMessage").length).toBe(sendsBefore);
   });
 
   it("sends through sender as the caller: SendResult with the accepted id, or the refusal with its reason", async () => {

@@ -7,6 +7,7 @@ import { CloseReason, ServerFrameSchema } from "../../gen/parley/edge/v1/frames_
 import type { SyncResponse } from "../../gen/parley/history/v1/history_service_pb.ts";
 import type { ErrorCode } from "../../lib/errors.ts";
 import { ParleyError } from "../../lib/errors.ts";
+import { CLIENT_MESSAGE_MAX_BYTES } from "../../lib/message-limits.ts";
 import type { HostLease } from "../../lib/registry/registry.ts";
 import type { OutboundQueue } from "./outbound-queue.ts";
 import { createOutboundQueue } from "./outbound-queue.ts";
@@ -65,6 +66,14 @@ export const Closes = {
     code: "invalid_argument",
     errorReason: "PROTOCOL_ERROR",
     message: "too many invalid frames on this stream",
+  },
+  // A client frame over the contract's size limit (session_service.proto). It was refused on its
+  // announced length, unread, so no FrameError can name it: the stream ends.
+  messageTooLarge: {
+    reason: CloseReason.MESSAGE_TOO_LARGE,
+    code: "resource_exhausted",
+    errorReason: "MESSAGE_TOO_LARGE",
+    message: `a client frame was larger than ${CLIENT_MESSAGE_MAX_BYTES} bytes encoded, the edge's limit; it was not read (a send in it was not accepted): send it smaller, e.g. a group message under the sender key`,
   },
   // RemoveDevice revoked the device (frames.proto: the stream ends with PERMISSION_DENIED); the
   // SDK stops reconnecting.

@@ -329,6 +329,13 @@ export const LocateResponseSchema: GenMessage<LocateResponse> = /*@__PURE__*/
  * and `RequestResend` for the up direction; both paths deliver the same frames with the same
  * guarantees.
  *
+ * Every client message, a Session frame (the encoded SessionRequest) or a unary request, is at
+ * most 4 MiB (4,194,304 bytes) encoded: the size every hop behind the edge is built for. A larger
+ * unary request fails with RESOURCE_EXHAUSTED; a larger Session frame closes the stream with
+ * CLOSE_REASON_MESSAGE_TOO_LARGE. Only pairwise payloads to many devices come near it (5,000
+ * devices fit at about 780 bytes of ciphertext each): groups send under the sender key
+ * (SharedPayload).
+ *
  * RPCs that only read are marked `idempotency_level = NO_SIDE_EFFECTS` (Connect clients may send
  * them as HTTP GET), and RPCs that are safe to repeat are marked `IDEMPOTENT`: a client may retry
  * either on UNAVAILABLE. The same holds for every edge service.
