@@ -27,6 +27,11 @@ export const ClientReason = {
   HANDLER_FAILED: "HANDLER_FAILED",
   /** Saving the client state failed; it is kept in memory and saved again later. */
   STATE_SAVE_FAILED: "STATE_SAVE_FAILED",
+  /**
+   * The message is larger than the edge accepts (4 MiB encoded); it was not sent. The edge's own
+   * refusal of a larger frame carries the same reason.
+   */
+  MESSAGE_TOO_LARGE: "MESSAGE_TOO_LARGE",
 } as const;
 
 /**

@@ -6,6 +6,8 @@ import { ContentKind } from "../../gen/parley/common/v1/envelope_pb.ts";
 import { ReceiptKind } from "../../gen/parley/common/v1/message_pb.ts";
 import { CloseReason } from "../../gen/parley/edge/v1/frames_pb.ts";
 import { SeqOrder } from "../../gen/parley/history/v1/history_pb.ts";
+import { CLIENT_MESSAGE_MAX_BYTES } from "../../lib/message-limits.ts";
+import { ClientReason } from "./client-error.ts";
 import type {
   ClientState,
   ErrorEvent,
@@ -16,6 +18,7 @@ import type {
   StateChange,
 } from "./index.ts";
 import { createMemoryStateStore, createParleyClient, ParleyClientError } from "./index.ts";
+import { MAX_CLIENT_MESSAGE_BYTES, sendFrameBytes } from "./outbound.ts";
 import type { FakeEdge } from "./testing/fake-edge.ts";
 import { createFakeEdge, cursorOf, refusal } from "./testing/fake-edge.ts";
 import type { ManualClock } from "./testing/manual-clock.ts";
@@ -491,6 +494,36 @@ describe("sending", () => {
       reason: "VALIDATION_FAILED",
       violations: [{ field: "envelope.shared.ciphertext", description: "at most 4096 bytes" }],
     });
+    expect(edge.sends).toHaveLength(1);
+  });
+
+  it("refuses a message over the edge's 4 MiB limit without sending it, and sends one under it", async () => {
+    expect(MAX_CLIENT_MESSAGE_BYTES).toBe(CLIENT_MESSAGE_MAX_BYTES);
+    const { edge, client } = setup();
+    await client.connect();
+    const perDevice = (users: number, bytes: number) => ({
+      kind: ContentKind.SENDER_KEY_DISTRIBUTION,
+      payload: {
+        case: "perDevice" as const,
+        value: {
+          recipients: Array.from({ length: users }, (_, u) => ({
+            userId: `user-${u}`,
+            devices: ["phone", "laptop"].map((deviceId) => ({ deviceId, ciphertext: new Uint8Array(bytes) })),
+          })),
+        },
+      },
+    });
+    const error = await client
+      .send({ conversationId: C1, envelope: perDevice(1_000, 2_200) })
+      .catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: Code.ResourceExhausted, reason: ClientReason.MESSAGE_TOO_LARGE });
+    expect(String((error as Error).message)).toContain("over the edge's limit of 4194304");
+    expect(edge.sends).toHaveLength(0);
+    const fits = perDevice(1_000, 2_000);
+    expect(sendFrameBytes({ conversationId: C1, clientMessageId: C2, envelope: fits })).toBeLessThan(
+      MAX_CLIENT_MESSAGE_BYTES,
+    );
+    await client.send({ conversationId: C1, envelope: fits });
     expect(edge.sends).toHaveLength(1);
   });
 
