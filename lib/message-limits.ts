@@ -12,3 +12,6 @@ export const CLIENT_MESSAGE_MAX_BYTES = 4 * 1024 * 1024;
  * later with RESOURCE_EXHAUSTED: the internal limit leaves 1 MiB on top.
  */
 export const INTERNAL_MESSAGE_MAX_BYTES = CLIENT_MESSAGE_MAX_BYTES + 1024 * 1024;
+
+// The broker takes payloads up to 5 MiB too (MAX_PAYLOAD_BYTES, broker/broker.ts: Pulsar's own
+// limit): a send's event is the client's message plus up to 5,000 recipient devices (~350 KB).

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { CLIENT_MESSAGE_MAX_BYTES } from "../message-limits.ts";
 import type { Broker, BrokerMessage, Subscription } from "./broker.ts";
-import { DEAD_LETTER_PROPERTIES, deadLetterTopic } from "./broker.ts";
+import { DEAD_LETTER_PROPERTIES, deadLetterTopic, MAX_PAYLOAD_BYTES } from "./broker.ts";
 
 export interface BrokerContractOptions {
   /** The redelivery delay the nack tests use. Default 50 ms. */
@@ -156,6 +156,21 @@ export function describeBrokerContract(
       const received = messages[0] as BrokerMessage;
       expect(received.payload.length).toBe(payload.length);
       expect(Buffer.from(received.payload).equals(Buffer.from(payload))).toBe(true);
+    });
+
+    it("refuses a payload over 5 MiB at once, and goes on publishing", async () => {
+      const broker = await open();
+      const topic = topicName("too-large");
+      const started = Date.now();
+      await expect(
+        broker.publish(topic, { key: "k", payload: new Uint8Array(MAX_PAYLOAD_BYTES + 1) }),
+      ).rejects.toThrow(`payload of ${MAX_PAYLOAD_BYTES + 1} bytes is over the limit`);
+      // Not after a publish timeout: before any attempt.
+      expect(Date.now() - started).toBeLessThan(1_000);
+      const { messages } = await record(broker, topic, "after");
+      await broker.publish(topic, { key: "k", payload: bytes("next") });
+      await waitFor(() => messages.length === 1, "the next message");
+      expect(text(messages[0] as BrokerMessage)).toBe("next");
     });
 
     // More keys than handler slots, and more slots than keys (where a free slot must not take a busy key).

@@ -116,6 +116,25 @@ export interface FollowOptions {
   readonly compacted?: boolean;
 }
 
+/**
+ * The largest payload any adapter publishes: Pulsar's own limit (its `maxMessageSize`, 5 MiB), so
+ * the embedded broker refuses what the cluster's would. The largest send's event stays under it
+ * (lib/message-limits.ts).
+ */
+export const MAX_PAYLOAD_BYTES = 5 * 1024 * 1024;
+
+/**
+ * Refuses a payload over MAX_PAYLOAD_BYTES at once: Pulsar would refuse it on every attempt, and a
+ * publish that cannot succeed must fail rather than be retried until it times out.
+ */
+export function checkPayloadSize(payload: Uint8Array): void {
+  if (payload.length > MAX_PAYLOAD_BYTES) {
+    throw new RangeError(
+      `a broker message payload of ${payload.length} bytes is over the limit of ${MAX_PAYLOAD_BYTES} bytes (Pulsar's maxMessageSize)`,
+    );
+  }
+}
+
 export interface Broker {
   /**
    * Publishes to a persistent topic and resolves once the broker has stored it durably (the

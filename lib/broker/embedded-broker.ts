@@ -14,7 +14,7 @@ import type {
   Subscription,
   SubscriptionBacklog,
 } from "./broker.ts";
-import { DEAD_LETTER_PROPERTIES, deadLetterTopic, Topics } from "./broker.ts";
+import { checkPayloadSize, DEAD_LETTER_PROPERTIES, deadLetterTopic, Topics } from "./broker.ts";
 
 /**
  * The embedded broker: the broker port on one SQLite file, standing in for Apache Pulsar when
@@ -254,6 +254,7 @@ function checkTopic(topic: string): void {
 function checkMessage(message: OutgoingBrokerMessage): string | null {
   if (typeof message.key !== "string") throw new TypeError("a broker message needs a string key");
   if (!(message.payload instanceof Uint8Array)) throw new TypeError("a broker message payload must be bytes");
+  checkPayloadSize(message.payload);
   const properties = message.properties;
   if (properties === undefined) return null;
   const names = Object.keys(properties);

@@ -18,7 +18,7 @@ import type {
   Subscription,
   SubscriptionBacklog,
 } from "../broker.ts";
-import { DEAD_LETTER_PROPERTIES, deadLetterTopic } from "../broker.ts";
+import { checkPayloadSize, DEAD_LETTER_PROPERTIES, deadLetterTopic } from "../broker.ts";
 import type { PulsarAdmin } from "./admin.ts";
 import { createPulsarAdmin } from "./admin.ts";
 import type { FailureMemory } from "./consumer.ts";
@@ -59,6 +59,7 @@ function checkTopic(topic: string): void {
 function checkMessage(message: OutgoingBrokerMessage): void {
   if (typeof message.key !== "string") throw new TypeError("a broker message needs a string key");
   if (!(message.payload instanceof Uint8Array)) throw new TypeError("a broker message payload must be bytes");
+  checkPayloadSize(message.payload);
   for (const [name, value] of Object.entries(message.properties ?? {})) {
     if (typeof value !== "string") throw new TypeError(`broker message property ${name} is not a string`);
   }
