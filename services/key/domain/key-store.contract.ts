@@ -218,6 +218,15 @@ export function describeKeyStoreContract(name: string, makeStore: () => KeyStore
         expect(devices.get("alice")?.map((d) => d.deviceId)).toEqual(["c", "a", "b", "d"]);
         expect(devices.get("bob")?.map((d) => d.deviceId)).toEqual(["x"]);
         expect(devices.has("carol")).toBe(false);
+        const [x] = devices.get("bob") ?? [];
+        const stored = await store.getDevice({ userId: "bob", deviceId: "x" });
+        expect(x).toMatchObject({
+          userId: "bob",
+          deviceId: "x",
+          identityKey: stored?.identityKey,
+          identityKeyCreatedAt: stored?.identityKeyCreatedAt,
+          previousIdentityKey: undefined,
+        });
       });
     });
 
@@ -457,6 +466,15 @@ export function describeKeyStoreContract(name: string, makeStore: () => KeyStore
         expect(device?.previousSignedPrekey).toEqual({ ...input.signedPrekey, validUntil });
         expect(device?.previousLastResortPrekey).toEqual({ ...input.lastResortPrekey, validUntil });
         expect(device?.keyVersion).toBe(2);
+        // A lookup of many users' devices shows the same identity, the previous key included.
+        const [identity] = (await store.activeDevices(["alice"])).get("alice") ?? [];
+        expect(identity).toMatchObject({
+          userId: "alice",
+          deviceId: alice.deviceId,
+          identityKey: next.identityKey,
+          identityKeyCreatedAt: now,
+          previousIdentityKey: { publicKey: input.identityKey, validUntil },
+        });
         const claimed = await store.claimPrekeyBundles(claim("alice"));
         expect(claimed.kind === "claimed" && oneTimeIdOf(claimed.bundles[0])).toBe(500);
         const { keyChanged } = await drainEvents();

@@ -1,6 +1,7 @@
 import type { Outbox } from "../../../lib/outbox.ts";
 import type {
   DeviceAddress,
+  DeviceIdentity,
   DeviceRecord,
   DeviceStatus,
   OneTimePrekey,
@@ -42,8 +43,11 @@ export interface KeyStore {
   /** One page of a user's active devices, oldest first (by createdAt, then deviceId). */
   listDevices(userId: string, page: DevicePage): Promise<readonly DeviceRecord[]>;
 
-  /** The active devices of each user (oldest first); users without any are absent. */
-  activeDevices(userIds: readonly string[]): Promise<ReadonlyMap<string, readonly DeviceRecord[]>>;
+  /**
+   * The active devices of each user (oldest first), their identities only; users without any are
+   * absent.
+   */
+  activeDevices(userIds: readonly string[]): Promise<ReadonlyMap<string, readonly DeviceIdentity[]>>;
 
   /**
    * Revokes an active device: deletes its keys and one-time prekeys, remembers when it was removed

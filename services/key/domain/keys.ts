@@ -10,6 +10,7 @@ import type { RateLimiter } from "../../../lib/rate-limit.ts";
 import type { KeyStore } from "./key-store.ts";
 import type {
   DeviceAddress,
+  DeviceIdentity,
   DeviceRecord,
   DeviceStatus,
   KeySettings,
@@ -210,7 +211,7 @@ export function createKeyDomain(deps: KeyDomainDeps): KeyDomain {
   const clock = deps.now ?? (() => new Date());
   const changed = () => deps.onChange?.();
 
-  const identityView = (device: DeviceRecord, now: Date): DeviceIdentityView => ({
+  const identityView = (device: DeviceIdentity, now: Date): DeviceIdentityView => ({
     deviceId: device.deviceId,
     identityKey: device.identityKey,
     identityKeyCreatedAt: device.identityKeyCreatedAt,

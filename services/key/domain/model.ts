@@ -35,22 +35,29 @@ export interface PreviousIdentityKey {
 }
 
 /**
+ * An active device's identity: what GetIdentityKeys shows, and all a lookup of many users' devices
+ * reads (a 1,000-member group's sender asks for 5,000 of them; the prekeys stay unread).
+ */
+export interface DeviceIdentity {
+  readonly userId: string;
+  readonly deviceId: string;
+  readonly identityKey: Uint8Array;
+  readonly identityKeyCreatedAt: Date;
+  readonly previousIdentityKey: PreviousIdentityKey | undefined;
+}
+
+/**
  * One active device and its keys, as a store holds them. `previous*` keys are kept as stored,
  * also after their `validUntil`: whether one still counts is decided against the clock when read
  * (see `stillValid`).
  */
-export interface DeviceRecord {
-  readonly userId: string;
-  readonly deviceId: string;
+export interface DeviceRecord extends DeviceIdentity {
   readonly displayName: string;
   /** When this registration of the device id happened (a re-registration after removal is new). */
   readonly createdAt: Date;
   readonly lastSeenAt: Date | undefined;
   /** Increases with every change of the device's keys, across removal and re-registration. */
   readonly keyVersion: number;
-  readonly identityKey: Uint8Array;
-  readonly identityKeyCreatedAt: Date;
-  readonly previousIdentityKey: PreviousIdentityKey | undefined;
   readonly signedPrekey: CurrentSignedPrekey;
   readonly previousSignedPrekey: PreviousSignedPrekey | undefined;
   readonly lastResortPrekey: CurrentSignedPrekey;
