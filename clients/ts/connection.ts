@@ -104,6 +104,7 @@ const CLOSE_CODES: Record<number, Code> = {
   [CloseReason.PROTOCOL_ERROR]: Code.InvalidArgument,
   [CloseReason.SHUTDOWN]: Code.Unavailable,
   [CloseReason.RATE_LIMITED]: Code.ResourceExhausted,
+  [CloseReason.MESSAGE_TOO_LARGE]: Code.ResourceExhausted,
 };
 
 /**

@@ -415,6 +415,20 @@ describe("connection", () => {
     await eventually(() => expect(edge.streams).toHaveLength(2));
   });
 
+  it("reports Close MESSAGE_TOO_LARGE as RESOURCE_EXHAUSTED and reconnects", async () => {
+    const { edge, clock, client, states } = setup();
+    await client.connect();
+    edge.close(CloseReason.MESSAGE_TOO_LARGE, Code.ResourceExhausted);
+    await eventually(() =>
+      expect(states.at(-1)).toMatchObject({
+        state: "reconnecting",
+        error: { code: Code.ResourceExhausted, reason: "MESSAGE_TOO_LARGE" },
+      }),
+    );
+    clock.advance(60_000);
+    await eventually(() => expect(edge.streams).toHaveLength(2));
+  });
+
   it("refreshes the token on Close TOKEN_EXPIRED and reconnects with the new one", async () => {
     const tokens = ["t1", "t2", "t3"];
     const edge = createFakeEdge();
