@@ -8,6 +8,7 @@ import { isParleyError, isUnexpectedError } from "../lib/errors.ts";
 import { validateMessage } from "../lib/grpc/validation.ts";
 import type { Logger } from "../lib/logging.ts";
 import { FORCE_TRACE_ATTRIBUTE } from "../lib/telemetry.ts";
+import { checkRequestSize } from "./message-size.ts";
 import { recordEdgeCall } from "./metrics.ts";
 
 const tracer = trace.getTracer("parley.edge");
@@ -128,7 +129,11 @@ function endCall(span: Span, err: unknown, procedure: string, started: number): 
  * a bad frame is answered with a FrameError and must not end the device's stream.
  */
 export const validationInterceptor: Interceptor = (next) => async (req) => {
-  if (!req.stream) validateMessage(req.method.input, req.message);
+  if (!req.stream) {
+    // The size first: a message over the limit is refused without validating it.
+    checkRequestSize(req.method.input, req.message);
+    validateMessage(req.method.input, req.message);
+  }
   return next(req);
 };
 

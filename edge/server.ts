@@ -4,7 +4,7 @@ import type { DeviceAddress } from "../gen/parley/common/v1/address_pb.ts";
 import type { SendRequest } from "../gen/parley/edge/v1/session_service_pb.ts";
 import { SessionService } from "../gen/parley/edge/v1/session_service_pb.ts";
 import type { Logger } from "../lib/logging.ts";
-import { CLIENT_MESSAGE_MAX_BYTES } from "../lib/message-limits.ts";
+import { CLIENT_MESSAGE_MAX_BYTES, CLIENT_REQUEST_MAX_WIRE_BYTES } from "../lib/message-limits.ts";
 import type { Registry } from "../lib/registry/registry.ts";
 import { cacheDeviceCheck } from "./auth/device-check.ts";
 import type { EdgeAuthOptions } from "./auth/edge-auth.ts";
@@ -183,9 +183,10 @@ export async function startEdge(
       // Stated, not left to the default: the streams' frame writer leaves exactly the frames
       // Connect would compress to Connect (frame-writer.ts).
       compressMinBytes: COMPRESS_MIN_BYTES,
-      // Connect's default is 4 GiB, buffered as announced: the contract's limit instead
-      // (session_service.proto), which every hop behind the edge receives.
-      readMaxBytes: CLIENT_MESSAGE_MAX_BYTES,
+      // Connect's default is 4 GiB, buffered as announced. The contract's limit counts binary
+      // encoding, which a decoded message is measured in (message-size.ts); this bounds what a
+      // JSON request may take on the wire.
+      readMaxBytes: CLIENT_REQUEST_MAX_WIRE_BYTES,
       // Outermost first: the call's span and duration (so the error boundary's log lines carry its
       // trace id and both see the status the client gets); every error passes the error boundary; authentication
       // comes before validation, so a caller without a valid token learns nothing about the

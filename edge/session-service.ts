@@ -38,6 +38,7 @@ import { authenticatedCaller, callingDevice } from "./auth/interceptor.ts";
 import { serveFrames } from "./frame-writer.ts";
 import type { HostDirectory } from "./host-directory.ts";
 import type { InternalClients } from "./internal-clients.ts";
+import { oversizedFrameBytes } from "./message-size.ts";
 import type { StreamMetrics } from "./metrics.ts";
 import { noStreamMetrics } from "./metrics.ts";
 import type { PassthroughRoute } from "./passthrough.ts";
@@ -493,6 +494,12 @@ function createFrameReader(
           return;
         }
         stream.touch();
+        // A frame Connect read (JSON, say) is measured as the contract counts: binary. Unread
+        // by `handle`, as client-frames.ts leaves one that announces more.
+        if (oversizedFrameBytes(next.value) !== undefined) {
+          stream.close(Closes.messageTooLarge);
+          return;
+        }
         handle(next.value);
       }
     } catch (err) {

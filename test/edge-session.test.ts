@@ -462,16 +462,18 @@ describe("Session", () => {
   });
 
   it.each([
-    ["served directly", undefined],
+    ["served directly", { useBinaryFormat: true }],
     // A timeout header sends the Session through Connect (client-frames.ts).
-    ["through Connect", 60_000],
+    ["through Connect", { useBinaryFormat: true, defaultTimeoutMs: 60_000 }],
+    // JSON is larger on the wire; the limit counts the binary encoding (message-size.ts).
+    ["through Connect, as JSON", { useBinaryFormat: false }],
   ])(
     "closes with MESSAGE_TOO_LARGE (resource_exhausted) on a frame over 4 MiB, %s",
-    async (_path, timeoutMs) => {
+    async (_path, options) => {
       const transport = createGrpcTransport({
         baseUrl: edge.url,
         interceptors: [bearer(await token("alice", "laptop"))],
-        ...(timeoutMs === undefined ? {} : { defaultTimeoutMs: timeoutMs }),
+        ...options,
       });
       const up = outbox();
       const down = reader(createClient(SessionService, transport).session(up));
@@ -497,23 +499,44 @@ describe("Session", () => {
     },
   );
 
-  it("refuses a unary Send over 4 MiB with RESOURCE_EXHAUSTED before it reaches sender", async () => {
-    const client = createClient(SessionService, grpc(await token("alice", "laptop")));
-    const envelope = {
-      kind: ContentKind.TEXT,
-      payload: { case: "shared" as const, value: { ciphertext: new Uint8Array(CLIENT_MESSAGE_MAX_BYTES) } },
-    };
-    const sendsBefore = receivedBy("SendMessage").length;
-    const refused = await client
-      .send({ message: { conversationId: conversation, clientMessageId: uuid(4_101), envelope } })
-      .then(
-        () => undefined,
-        (err: unknown) => ConnectError.from(err),
-      );
-    expect(refused?.code).toBe(Code.ResourceExhausted);
-    expect(refused?.rawMessage).toContain(`readMaxBytes ${CLIENT_MESSAGE_MAX_BYTES}`);
-    expect(receivedBy("SendMessage").length).toBe(sendsBefore);
-  });
+  it.each([
+    ["gRPC", false],
+    ["Connect JSON", true],
+  ])(
+    "refuses a unary Send over 4 MiB (%s) with RESOURCE_EXHAUSTED MESSAGE_TOO_LARGE before it reaches sender",
+    async (_protocol, json) => {
+      const bearerToken = bearer(await token("alice", "laptop"));
+      const transport = json
+        ? createConnectTransport({ baseUrl: edge.url, httpVersion: "1.1", interceptors: [bearerToken] })
+        : createGrpcTransport({ baseUrl: edge.url, interceptors: [bearerToken] });
+      const client = createClient(SessionService, transport);
+      const send = (ciphertextBytes: number, n: number) =>
+        client
+          .send({
+            message: {
+              conversationId: conversation,
+              clientMessageId: uuid(n),
+              envelope: {
+                kind: ContentKind.TEXT,
+                payload: { case: "shared" as const, value: { ciphertext: new Uint8Array(ciphertextBytes) } },
+              },
+            },
+          })
+          .then(
+            () => undefined,
+            (err: unknown) => ConnectError.from(err),
+          );
+      const sendsBefore = receivedBy("SendMessage").length;
+      const refused = await send(CLIENT_MESSAGE_MAX_BYTES, 4_101);
+      expect(refused?.code).toBe(Code.ResourceExhausted);
+      expect(refused?.findDetails(ErrorInfoSchema)[0]?.reason).toBe("MESSAGE_TOO_LARGE");
+      expect(refused?.rawMessage).toContain(`over the edge's limit of ${CLIENT_MESSAGE_MAX_BYTES}`);
+      // Under the limit in binary, over it as JSON: measured as binary, so refused by its rules instead.
+      const underInBinary = await send(CLIENT_MESSAGE_MAX_BYTES - 4_096, 4_102);
+      expect(underInBinary?.code).toBe(Code.InvalidArgument);
+      expect(receivedBy("SendMessage").length).toBe(sendsBefore);
+    },
+  );
 
   it("sends through sender as the caller: SendResult with the accepted id, or the refusal with its reason", async () => {
     const { up, down } = await openSession("alice", "phone");

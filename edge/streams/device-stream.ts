@@ -67,13 +67,14 @@ export const Closes = {
     errorReason: "PROTOCOL_ERROR",
     message: "too many invalid frames on this stream",
   },
-  // A client frame over the contract's size limit (session_service.proto). It was refused on its
-  // announced length, unread, so no FrameError can name it: the stream ends.
+  // A client frame over the contract's size limit (session_service.proto). A direct Session
+  // refuses it on its announced length, unread, so no FrameError can name it: the stream ends,
+  // and ends the same way when Connect read the frame (JSON, say) and it was measured after.
   messageTooLarge: {
     reason: CloseReason.MESSAGE_TOO_LARGE,
     code: "resource_exhausted",
     errorReason: "MESSAGE_TOO_LARGE",
-    message: `a client frame was larger than ${CLIENT_MESSAGE_MAX_BYTES} bytes encoded, the edge's limit; it was not read (a send in it was not accepted): send it smaller, e.g. a group message under the sender key`,
+    message: `a client frame was larger than ${CLIENT_MESSAGE_MAX_BYTES} bytes in the binary protobuf encoding, the edge's limit; it was not handled (a send in it was not accepted) and would be refused again`,
   },
   // RemoveDevice revoked the device (frames.proto: the stream ends with PERMISSION_DENIED); the
   // SDK stops reconnecting.

@@ -746,7 +746,8 @@ export type SendResult = Message<"parley.edge.v1.SendResult"> & {
   } | {
     /**
      * Refused: code, message and details (google.rpc.ErrorInfo reason, BadRequest violations).
-     * Retry only when the code is UNAVAILABLE or RESOURCE_EXHAUSTED, with the same client_message_id.
+     * Retry only when the code is UNAVAILABLE or RESOURCE_EXHAUSTED, with the same client_message_id
+     * (never when the reason is MESSAGE_TOO_LARGE: see SessionService).
      *
      * @generated from field: google.rpc.Status error = 4;
      */
@@ -1330,9 +1331,9 @@ export const CloseReason = {
   RATE_LIMITED: 7,
 
   /**
-   * The client sent a frame larger than the edge accepts: 4 MiB (4,194,304 bytes) encoded, see
-   * SessionService (stream ends with RESOURCE_EXHAUSTED). The frame was not read: a send in it was
-   * not accepted, and sending it again as is fails again.
+   * The client sent a frame larger than the edge accepts: 4 MiB (4,194,304 bytes) in the binary
+   * encoding, see SessionService (stream ends with RESOURCE_EXHAUSTED). The frame was not handled:
+   * a send in it was not accepted, and sending it again as is fails again.
    *
    * @generated from enum value: CLOSE_REASON_MESSAGE_TOO_LARGE = 8;
    */

@@ -329,10 +329,11 @@ export const LocateResponseSchema: GenMessage<LocateResponse> = /*@__PURE__*/
  * and `RequestResend` for the up direction; both paths deliver the same frames with the same
  * guarantees.
  *
- * Every client message, a Session frame (the encoded SessionRequest) or a unary request, is at
- * most 4 MiB (4,194,304 bytes) encoded: the size every hop behind the edge is built for. A larger
- * unary request fails with RESOURCE_EXHAUSTED; a larger Session frame closes the stream with
- * CLOSE_REASON_MESSAGE_TOO_LARGE. Only pairwise payloads to many devices come near it (5,000
+ * Every client message, a Session frame (the SessionRequest) or a unary request, is at most 4 MiB
+ * (4,194,304 bytes) in the binary protobuf encoding, whatever the request's format: the size every
+ * hop behind the edge is built for (a JSON request may take up to 8 MiB on the wire). A larger
+ * unary request fails with RESOURCE_EXHAUSTED, reason MESSAGE_TOO_LARGE (do not retry it); a
+ * larger Session frame closes the stream with CLOSE_REASON_MESSAGE_TOO_LARGE. Only pairwise payloads to many devices come near it (5,000
  * devices fit at about 780 bytes of ciphertext each): groups send under the sender key
  * (SharedPayload).
  *
