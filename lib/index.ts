@@ -7,7 +7,13 @@ export type {
   SubscribeOptions,
   Subscription,
 } from "./broker/broker.ts";
-export { DEAD_LETTER_PROPERTIES, deadLetterTopic, Topics } from "./broker/broker.ts";
+export {
+  checkPayloadSize,
+  DEAD_LETTER_PROPERTIES,
+  deadLetterTopic,
+  MAX_PAYLOAD_BYTES,
+  Topics,
+} from "./broker/broker.ts";
 export type { EmbeddedBroker, EmbeddedBrokerOptions } from "./broker/embedded-broker.ts";
 export { createEmbeddedBroker } from "./broker/embedded-broker.ts";
 export type { ConfigOf, ConfigSpec, ConfigVar } from "./config.ts";
@@ -75,7 +81,11 @@ export { createParleyValidator, VALIDATION_FAILED, validateMessage } from "./grp
 export { DIRECT_CONVERSATION_NAMESPACE, directConversationId, newGroupId, newMessageId } from "./ids.ts";
 export type { Logger, LogLevel } from "./logging.ts";
 export { createLogger, LOG_LEVELS, traceFields } from "./logging.ts";
-export { CLIENT_MESSAGE_MAX_BYTES, INTERNAL_MESSAGE_MAX_BYTES } from "./message-limits.ts";
+export {
+  CLIENT_MESSAGE_MAX_BYTES,
+  CLIENT_REQUEST_MAX_WIRE_BYTES,
+  INTERNAL_MESSAGE_MAX_BYTES,
+} from "./message-limits.ts";
 export type { Outbox, OutboxEvent, OutboxRecord, OutboxRelay } from "./outbox.ts";
 export { createSqliteOutbox, startOutboxRelay } from "./outbox.ts";
 export type { MemoryRateLimiterOptions, RateDecision, RateLimiter, RateRule } from "./rate-limit.ts";

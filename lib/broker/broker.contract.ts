@@ -161,12 +161,10 @@ export function describeBrokerContract(
     it("refuses a payload over 5 MiB at once, and goes on publishing", async () => {
       const broker = await open();
       const topic = topicName("too-large");
-      const started = Date.now();
+      // The message is checkPayloadSize's: refused before any attempt, not after a publish timeout.
       await expect(
         broker.publish(topic, { key: "k", payload: new Uint8Array(MAX_PAYLOAD_BYTES + 1) }),
       ).rejects.toThrow(`payload of ${MAX_PAYLOAD_BYTES + 1} bytes is over the limit`);
-      // Not after a publish timeout: before any attempt.
-      expect(Date.now() - started).toBeLessThan(1_000);
       const { messages } = await record(broker, topic, "after");
       await broker.publish(topic, { key: "k", payload: bytes("next") });
       await waitFor(() => messages.length === 1, "the next message");

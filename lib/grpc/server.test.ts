@@ -112,6 +112,12 @@ describe("createGrpcServer", () => {
     expect(received).toEqual([205]);
   });
 
+  it("lets its clients receive answers over gRPC's usual 4 MiB too", async () => {
+    const messageId = "m".repeat(CLIENT_MESSAGE_MAX_BYTES + 1024);
+    const { client } = await start(async () => ({ messageId }));
+    expect((await client.sendMessage(validSendRequest())).messageId.length).toBe(messageId.length);
+  });
+
   it("sends a ParleyError as its status code, message and ErrorInfo", async () => {
     const { client } = await start(async () => {
       throw notFound("CONVERSATION_NOT_FOUND", "no conversation 42", { metadata: { conversationId: "42" } });
