@@ -112,6 +112,8 @@ const TRANSPORT_CODES: ReadonlySet<Code> = new Set([
  * because Send is idempotent on client_message_id: a retry of an accepted send gets its first id.
  */
 export function isRetryableSendError(error: ParleyClientError): boolean {
+  // A message too large is refused again however often it is sent.
+  if (error.reason === ClientReason.MESSAGE_TOO_LARGE) return false;
   return (
     error.code === Code.Unavailable ||
     error.code === Code.ResourceExhausted ||

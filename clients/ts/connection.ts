@@ -95,8 +95,11 @@ type Decision =
 
 const RESTART = Symbol("restart");
 
-/** Each Close reason as a status code (the one the stream ends with, per the contract). */
-const CLOSE_CODES: Record<number, Code> = {
+/**
+ * Each Close reason as a status code (the one the stream ends with, per the contract). Typed over
+ * every reason, so a value added to the contract fails the build until it is mapped here.
+ */
+const CLOSE_CODES: Record<Exclude<CloseReason, typeof CloseReason.UNSPECIFIED>, Code> = {
   [CloseReason.REPLACED]: Code.Aborted,
   [CloseReason.IDLE_TIMEOUT]: Code.DeadlineExceeded,
   [CloseReason.TOKEN_EXPIRED]: Code.Unauthenticated,
@@ -328,7 +331,7 @@ export function createConnection(options: ConnectionOptions): Connection {
       const reasonName =
         Object.entries(CloseReason).find(([, value]) => value === close.reason)?.[0] ?? "UNSPECIFIED";
       const error = new ParleyClientError(
-        CLOSE_CODES[close.reason] ?? Code.Unavailable,
+        (CLOSE_CODES as Record<number, Code | undefined>)[close.reason] ?? Code.Unavailable,
         close.reason === CloseReason.REPLACED ? ClientReason.SESSION_REPLACED : reasonName,
         close.message || `the edge closed the stream (${reasonName})`,
         { retryDelayMs: retryAfterMs > 0 ? retryAfterMs : undefined },

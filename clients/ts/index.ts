@@ -21,6 +21,7 @@ export type { ConnectionState, StateChange } from "./connection.ts";
 export type { TransportFactory } from "./edge-transport.ts";
 export type { Listener } from "./event-emitter.ts";
 export type { GapEvent, GapReason, IncomingMessage, MessageSource } from "./inbound-pipeline.ts";
+export { CLIENT_MESSAGE_MAX_BYTES, sendFrameBytes } from "./message-size.ts";
 export type { AckTarget, ResendRequestInit, SendOutcome } from "./outbound.ts";
 export type {
   ErrorEvent,

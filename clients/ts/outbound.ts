@@ -1,29 +1,10 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { create, toBinary } from "@bufbuild/protobuf";
 import type { ReceiptKind } from "../../gen/parley/common/v1/message_pb.ts";
 import type {
   ClientFrameSchema,
   OutgoingMessageSchema,
   ResendRequestSchema,
 } from "../../gen/parley/edge/v1/frames_pb.ts";
-import { SessionRequestSchema } from "../../gen/parley/edge/v1/session_service_pb.ts";
-
-/** The largest client message the edge reads: 4 MiB encoded (session_service.proto). */
-export const MAX_CLIENT_MESSAGE_BYTES = 4 * 1024 * 1024;
-
-/** The largest frame id: the send's frame is measured with it, so no stream's frame is larger. */
-const MAX_FRAME_ID = 2n ** 64n - 1n;
-
-/**
- * The bytes a send takes as a Session frame, the larger of its two forms (the unary SendRequest
- * wraps the same message in less).
- */
-export function sendFrameBytes(message: OutgoingMessageInit): number {
-  const request = create(SessionRequestSchema, {
-    frame: { frameId: MAX_FRAME_ID, body: { case: "send", value: message } },
-  });
-  return toBinary(SessionRequestSchema, request).length;
-}
 
 /** An OutgoingMessage with its client_message_id chosen. */
 export type OutgoingMessageInit = MessageInitShape<typeof OutgoingMessageSchema> & {

@@ -18,7 +18,7 @@ import type {
   StateChange,
 } from "./index.ts";
 import { createMemoryStateStore, createParleyClient, ParleyClientError } from "./index.ts";
-import { MAX_CLIENT_MESSAGE_BYTES, sendFrameBytes } from "./outbound.ts";
+import { CLIENT_MESSAGE_MAX_BYTES as SDK_LIMIT, sendFrameBytes } from "./message-size.ts";
 import type { FakeEdge } from "./testing/fake-edge.ts";
 import { createFakeEdge, cursorOf, refusal } from "./testing/fake-edge.ts";
 import type { ManualClock } from "./testing/manual-clock.ts";
@@ -512,7 +512,7 @@ describe("sending", () => {
   });
 
   it("refuses a message over the edge's 4 MiB limit without sending it, and sends one under it", async () => {
-    expect(MAX_CLIENT_MESSAGE_BYTES).toBe(CLIENT_MESSAGE_MAX_BYTES);
+    expect(SDK_LIMIT).toBe(CLIENT_MESSAGE_MAX_BYTES);
     const { edge, client } = setup();
     await client.connect();
     const perDevice = (users: number, bytes: number) => ({
@@ -535,9 +535,18 @@ describe("sending", () => {
     expect(edge.sends).toHaveLength(0);
     const fits = perDevice(1_000, 2_000);
     expect(sendFrameBytes({ conversationId: C1, clientMessageId: C2, envelope: fits })).toBeLessThan(
-      MAX_CLIENT_MESSAGE_BYTES,
+      SDK_LIMIT,
     );
     await client.send({ conversationId: C1, envelope: fits });
+    expect(edge.sends).toHaveLength(1);
+  });
+
+  it("does not retry the edge's MESSAGE_TOO_LARGE, though its code is RESOURCE_EXHAUSTED", async () => {
+    const { edge, client } = setup();
+    await client.connect();
+    edge.sendScript.push({ code: Code.ResourceExhausted, reason: "MESSAGE_TOO_LARGE" });
+    const error = await client.send({ conversationId: C1, envelope: ENVELOPE }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: Code.ResourceExhausted, reason: "MESSAGE_TOO_LARGE" });
     expect(edge.sends).toHaveLength(1);
   });
 
