@@ -12,6 +12,7 @@ export {
   DEAD_LETTER_PROPERTIES,
   deadLetterTopic,
   MAX_PAYLOAD_BYTES,
+  PayloadTooLargeError,
   Topics,
 } from "./broker/broker.ts";
 export type { EmbeddedBroker, EmbeddedBrokerOptions } from "./broker/embedded-broker.ts";

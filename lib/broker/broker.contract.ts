@@ -8,7 +8,12 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { CLIENT_MESSAGE_MAX_BYTES } from "../message-limits.ts";
 import type { Broker, BrokerMessage, Subscription } from "./broker.ts";
-import { DEAD_LETTER_PROPERTIES, deadLetterTopic, MAX_PAYLOAD_BYTES } from "./broker.ts";
+import {
+  DEAD_LETTER_PROPERTIES,
+  deadLetterTopic,
+  MAX_PAYLOAD_BYTES,
+  PayloadTooLargeError,
+} from "./broker.ts";
 
 export interface BrokerContractOptions {
   /** The redelivery delay the nack tests use. Default 50 ms. */
@@ -162,6 +167,9 @@ export function describeBrokerContract(
       const broker = await open();
       const topic = topicName("too-large");
       // The message is checkPayloadSize's: refused before any attempt, not after a publish timeout.
+      await expect(
+        broker.publish(topic, { key: "k", payload: new Uint8Array(MAX_PAYLOAD_BYTES + 1) }),
+      ).rejects.toThrow(PayloadTooLargeError);
       await expect(
         broker.publish(topic, { key: "k", payload: new Uint8Array(MAX_PAYLOAD_BYTES + 1) }),
       ).rejects.toThrow(`payload of ${MAX_PAYLOAD_BYTES + 1} bytes is over the limit`);

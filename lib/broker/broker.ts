@@ -123,13 +123,18 @@ export interface FollowOptions {
  */
 export const MAX_PAYLOAD_BYTES = 5 * 1024 * 1024;
 
+/** A publish refused for its size: it fails the same way however often it is tried. */
+export class PayloadTooLargeError extends RangeError {
+  override readonly name = "PayloadTooLargeError";
+}
+
 /**
  * Refuses a payload over MAX_PAYLOAD_BYTES at once: Pulsar would refuse it on every attempt, and a
  * publish that cannot succeed must fail rather than be retried until it times out.
  */
 export function checkPayloadSize(payload: Uint8Array): void {
   if (payload.length > MAX_PAYLOAD_BYTES) {
-    throw new RangeError(
+    throw new PayloadTooLargeError(
       `a broker message payload of ${payload.length} bytes is over the limit of ${MAX_PAYLOAD_BYTES} bytes (Pulsar's maxMessageSize)`,
     );
   }

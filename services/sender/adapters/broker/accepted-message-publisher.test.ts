@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { EnvelopeSchema } from "../../../../gen/parley/common/v1/envelope_pb.ts";
+import { MAX_PAYLOAD_BYTES } from "../../../../lib/broker/broker.ts";
 import { createEmbeddedBroker } from "../../../../lib/broker/embedded-broker.ts";
 import { isParleyError } from "../../../../lib/errors.ts";
 import { createAcceptedMessagePublisher } from "./accepted-message-publisher.ts";
@@ -30,5 +31,28 @@ describe("accepted message publisher", () => {
     expect(isParleyError(error) && error.code).toBe("unavailable");
     expect(isParleyError(error) && error.reason).toBe("BROKER_UNAVAILABLE");
     expect(isParleyError(error) && error.retryDelayMs).toBeGreaterThan(0);
+  });
+
+  it("turns an event too large for the broker into a final MESSAGE_TOO_LARGE, which clients do not retry", async () => {
+    const broker = await createEmbeddedBroker({ path: ":memory:" });
+    try {
+      const tooLarge = {
+        ...message,
+        recipientDevices: [],
+        envelope: create(EnvelopeSchema, {
+          payload: { case: "shared", value: { ciphertext: new Uint8Array(MAX_PAYLOAD_BYTES) } },
+        }),
+      };
+      const error = await createAcceptedMessagePublisher(broker)
+        .publish(tooLarge)
+        .then(
+          () => undefined,
+          (err: unknown) => err,
+        );
+      expect(isParleyError(error) && error.code).toBe("resource_exhausted");
+      expect(isParleyError(error) && error.reason).toBe("MESSAGE_TOO_LARGE");
+    } finally {
+      await broker.close();
+    }
   });
 });

@@ -2,9 +2,9 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { MessageAcceptedSchema } from "../../../../gen/parley/events/v1/message_events_pb.ts";
 import type { Broker } from "../../../../lib/broker/broker.ts";
-import { Topics } from "../../../../lib/broker/broker.ts";
+import { PayloadTooLargeError, Topics } from "../../../../lib/broker/broker.ts";
 import { withProducerSpan } from "../../../../lib/broker/tracing.ts";
-import { unavailable } from "../../../../lib/errors.ts";
+import { resourceExhausted, unavailable } from "../../../../lib/errors.ts";
 import type { AcceptedMessagePublisher } from "../../domain/ports.ts";
 
 /**
@@ -44,6 +44,14 @@ export function createAcceptedMessagePublisher(broker: Broker): AcceptedMessageP
               properties,
             })
             .catch((err: unknown) => {
+              // Final, unlike a broker that is away: the client must not send it again as is.
+              if (err instanceof PayloadTooLargeError) {
+                throw resourceExhausted(
+                  "MESSAGE_TOO_LARGE",
+                  "this message with its recipient devices is too large to publish; it was not accepted",
+                  { cause: err },
+                );
+              }
               throw unavailable("BROKER_UNAVAILABLE", "the message broker is unavailable; retry", {
                 retryDelayMs: 1_000,
                 cause: err,
