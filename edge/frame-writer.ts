@@ -72,7 +72,8 @@ export interface WriteResult {
  * A stream's frames as a Connect handler's response messages: the first one through whoever
  * serves the call (Connect, or direct-session.ts), which sends the response headers with it;
  * after that each batch is one write straight to `response` (see FrameWriter), except frames
- * Connect must compress, which are yielded to it in their place in the order. Without a response (or for a JSON codec) every frame is yielded.
+ * Connect must compress, which are yielded to it in their place in the order. Without a response
+ * (or for a JSON codec) every frame is yielded.
  * `onGone` is called when the response can take no more (the client went away).
  */
 export async function* serveFrames(

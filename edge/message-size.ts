@@ -14,7 +14,7 @@ import { CLIENT_MESSAGE_MAX_BYTES } from "../lib/message-limits.ts";
  */
 
 /** RESOURCE_EXHAUSTED `MESSAGE_TOO_LARGE` for a message of `bytes` bytes encoded. */
-export function messageTooLarge(bytes: number): ParleyError {
+function messageTooLarge(bytes: number): ParleyError {
   return resourceExhausted(
     "MESSAGE_TOO_LARGE",
     `this message takes ${bytes} bytes in the binary protobuf encoding, over the edge's limit of ${CLIENT_MESSAGE_MAX_BYTES} (4 MiB); it was not accepted`,

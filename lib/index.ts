@@ -8,7 +8,7 @@ export type {
   Subscription,
 } from "./broker/broker.ts";
 export {
-  checkPayloadSize,
+  checkOutgoingMessage,
   DEAD_LETTER_PROPERTIES,
   deadLetterTopic,
   MAX_PAYLOAD_BYTES,

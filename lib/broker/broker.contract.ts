@@ -166,7 +166,7 @@ export function describeBrokerContract(
     it("refuses a payload over 5 MiB at once, and goes on publishing", async () => {
       const broker = await open();
       const topic = topicName("too-large");
-      // The message is checkPayloadSize's: refused before any attempt, not after a publish timeout.
+      // The message is checkOutgoingMessage's: refused before any attempt, not after a publish timeout.
       await expect(
         broker.publish(topic, { key: "k", payload: new Uint8Array(MAX_PAYLOAD_BYTES + 1) }),
       ).rejects.toThrow(PayloadTooLargeError);

@@ -129,14 +129,20 @@ export class PayloadTooLargeError extends RangeError {
 }
 
 /**
- * Refuses a payload over MAX_PAYLOAD_BYTES at once: Pulsar would refuse it on every attempt, and a
- * publish that cannot succeed must fail rather than be retried until it times out.
+ * What every adapter refuses before publishing: a message without a string key, bytes or string
+ * properties, and a payload over MAX_PAYLOAD_BYTES, at once: Pulsar would refuse it on every
+ * attempt, and a publish that cannot succeed must fail rather than be retried until it times out.
  */
-export function checkPayloadSize(payload: Uint8Array): void {
-  if (payload.length > MAX_PAYLOAD_BYTES) {
+export function checkOutgoingMessage(message: OutgoingBrokerMessage): void {
+  if (typeof message.key !== "string") throw new TypeError("a broker message needs a string key");
+  if (!(message.payload instanceof Uint8Array)) throw new TypeError("a broker message payload must be bytes");
+  if (message.payload.length > MAX_PAYLOAD_BYTES) {
     throw new PayloadTooLargeError(
-      `a broker message payload of ${payload.length} bytes is over the limit of ${MAX_PAYLOAD_BYTES} bytes (Pulsar's maxMessageSize)`,
+      `a broker message payload of ${message.payload.length} bytes is over the limit of ${MAX_PAYLOAD_BYTES} bytes (Pulsar's maxMessageSize)`,
     );
+  }
+  for (const [name, value] of Object.entries(message.properties ?? {})) {
+    if (typeof value !== "string") throw new TypeError(`broker message property ${name} is not a string`);
   }
 }
 

@@ -14,7 +14,7 @@ import type {
   Subscription,
   SubscriptionBacklog,
 } from "./broker.ts";
-import { checkPayloadSize, DEAD_LETTER_PROPERTIES, deadLetterTopic, Topics } from "./broker.ts";
+import { checkOutgoingMessage, DEAD_LETTER_PROPERTIES, deadLetterTopic, Topics } from "./broker.ts";
 
 /**
  * The embedded broker: the broker port on one SQLite file, standing in for Apache Pulsar when
@@ -251,19 +251,10 @@ function checkTopic(topic: string): void {
   }
 }
 
-function checkMessage(message: OutgoingBrokerMessage): string | null {
-  if (typeof message.key !== "string") throw new TypeError("a broker message needs a string key");
-  if (!(message.payload instanceof Uint8Array)) throw new TypeError("a broker message payload must be bytes");
-  checkPayloadSize(message.payload);
+/** The message's properties as stored: JSON, or null for none. */
+function storedProperties(message: OutgoingBrokerMessage): string | null {
   const properties = message.properties;
-  if (properties === undefined) return null;
-  const names = Object.keys(properties);
-  if (names.length === 0) return null;
-  for (const name of names) {
-    if (typeof properties[name] !== "string")
-      throw new TypeError(`broker message property ${name} is not a string`);
-  }
-  return JSON.stringify(properties);
+  return properties === undefined || Object.keys(properties).length === 0 ? null : JSON.stringify(properties);
 }
 
 function positiveInt(value: number | undefined, fallback: number, name: string, min = 1): number {
@@ -770,13 +761,13 @@ class EmbeddedBrokerImpl implements EmbeddedBroker {
 
   publish(topic: string, message: OutgoingBrokerMessage): Promise<{ readonly id: string }> {
     if (!this.accepting) return Promise.reject(new Error("the broker is closed"));
-    let propertiesJson: string | null;
     try {
       checkTopic(topic);
-      propertiesJson = checkMessage(message);
+      checkOutgoingMessage(message);
     } catch (err) {
       return Promise.reject(err);
     }
+    const propertiesJson = storedProperties(message);
     return new Promise((resolve, reject) => {
       this.writes.push({
         message: {
@@ -946,7 +937,7 @@ class EmbeddedBrokerImpl implements EmbeddedBroker {
   publishEphemeral(topic: string, message: OutgoingBrokerMessage): void {
     if (this.closing !== undefined) return;
     checkTopic(topic);
-    checkMessage(message);
+    checkOutgoingMessage(message);
     const followers = this.followersByTopic.get(topic);
     if (followers === undefined || followers.size === 0) return;
     const delivered: BrokerMessage = {

@@ -18,7 +18,7 @@ import type {
   Subscription,
   SubscriptionBacklog,
 } from "../broker.ts";
-import { checkPayloadSize, DEAD_LETTER_PROPERTIES, deadLetterTopic } from "../broker.ts";
+import { checkOutgoingMessage, DEAD_LETTER_PROPERTIES, deadLetterTopic } from "../broker.ts";
 import type { PulsarAdmin } from "./admin.ts";
 import { createPulsarAdmin } from "./admin.ts";
 import type { FailureMemory } from "./consumer.ts";
@@ -53,15 +53,6 @@ function checkTopic(topic: string): void {
   // A topic's local name cannot hold a slash; the rest is Pulsar's to judge.
   if (typeof topic !== "string" || topic.length === 0 || topic.length > 512 || topic.includes("/")) {
     throw new TypeError(`invalid topic name ${JSON.stringify(topic)}`);
-  }
-}
-
-function checkMessage(message: OutgoingBrokerMessage): void {
-  if (typeof message.key !== "string") throw new TypeError("a broker message needs a string key");
-  if (!(message.payload instanceof Uint8Array)) throw new TypeError("a broker message payload must be bytes");
-  checkPayloadSize(message.payload);
-  for (const [name, value] of Object.entries(message.properties ?? {})) {
-    if (typeof value !== "string") throw new TypeError(`broker message property ${name} is not a string`);
   }
 }
 
@@ -157,7 +148,7 @@ class PulsarBroker implements Broker {
     if (!this.accepting) return Promise.reject(new Error("the broker is closed"));
     try {
       checkTopic(topic);
-      checkMessage(message);
+      checkOutgoingMessage(message);
     } catch (err) {
       return Promise.reject(err);
     }
@@ -184,7 +175,7 @@ class PulsarBroker implements Broker {
   publishEphemeral(topic: string, message: OutgoingBrokerMessage): void {
     if (this.closing !== undefined) return;
     checkTopic(topic);
-    checkMessage(message);
+    checkOutgoingMessage(message);
     let producer = this.ephemeralProducers.get(topic);
     if (producer === undefined) {
       producer = new EphemeralProducer({
