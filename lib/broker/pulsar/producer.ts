@@ -167,10 +167,13 @@ export class TopicProducer {
         { topic: this.options.topic, result: frame.result, error: frame.errorMsg, seq },
         "Pulsar failed a send; resending on a new socket",
       );
-      // A new socket resends every unconfirmed message with its sequence id (see the class comment).
-      if (session.isOpen) this.socket.dropCurrent();
+      // A new socket resends every unconfirmed message with its sequence id (see the class comment),
+      // later at each failure in a row: a refusal that lasts (a terminated topic, say) costs a few
+      // resends before the publish times out, not one per backoff step of a healthy reconnect.
+      if (session.isOpen) this.socket.dropCurrent({ workFailed: true });
       return;
     }
+    this.socket.workSucceeded();
     let id: string;
     try {
       const position = decodeMessageId(frame.messageId);

@@ -150,6 +150,13 @@ export class ReconnectingSocket {
   private session: (SocketSession & { alive: boolean }) | undefined;
   private sessions = 0;
   private attempt = 0;
+  /**
+   * Drops the owner asked for because the connection's work failed (dropCurrent with
+   * `workFailed`) since its work last succeeded (workSucceeded): they add to the backoff, which an
+   * open connection alone does not reset, so a send Pulsar refuses every time is not resent on a
+   * new socket many times a second until its publish times out.
+   */
+  private failedWorkDrops = 0;
   private closing = false;
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private pingTimer: ReturnType<typeof setInterval> | undefined;
@@ -277,7 +284,7 @@ export class ReconnectingSocket {
 
   private scheduleReconnect(): void {
     if (this.closing || this.retryTimer !== undefined) return;
-    let delay = backoffDelay(this.attempt++, this.options.backoff);
+    let delay = backoffDelay(this.attempt++ + this.failedWorkDrops, this.options.backoff);
     // Before the first connection, one more attempt at the deadline at the latest.
     if (this.firstOpen !== undefined)
       delay = Math.max(0, Math.min(delay, this.firstOpen.deadline - Date.now()));
@@ -311,9 +318,19 @@ export class ReconnectingSocket {
     return this.lastError;
   }
 
-  /** Drops the open connection as if the network had: onDrop, then a reconnect. */
-  dropCurrent(): void {
-    if (this.session !== undefined) this.ws?.terminate();
+  /**
+   * Drops the open connection as if the network had: onDrop, then a reconnect. With `workFailed`
+   * the reconnect waits longer at each such drop until `workSucceeded` is called.
+   */
+  dropCurrent(options: { readonly workFailed?: boolean } = {}): void {
+    if (this.session === undefined) return;
+    if (options.workFailed === true) this.failedWorkDrops++;
+    this.ws?.terminate();
+  }
+
+  /** The connection did its work (a send was confirmed): drops back to the usual backoff. */
+  workSucceeded(): void {
+    this.failedWorkDrops = 0;
   }
 
   /** Closes for good: no reconnect. Resolves once the close handshake is done (or timed out). */
