@@ -23,7 +23,11 @@ import { DELIVERY_DEFAULT_PORT } from "../services/delivery/service.ts";
 import { HISTORY_DEFAULT_PORT } from "../services/history/service.ts";
 import { KEY_DEFAULT_PORT } from "../services/key/service.ts";
 import { SENDER_DEFAULT_PORT } from "../services/sender/service.ts";
-import { CASSANDRA_VERSION, PULSAR_VERSION } from "../tools/engines/engine-specs.ts";
+import {
+  CASSANDRA_VERSION,
+  PULSAR_SETTINGS_PARLEY_RELIES_ON,
+  PULSAR_VERSION,
+} from "../tools/engines/engine-specs.ts";
 import { mintDevToken } from "../tools/token/dev-token.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
@@ -309,6 +313,7 @@ interface EnvVar {
 interface Container {
   readonly name: string;
   readonly image: string;
+  readonly args?: readonly string[];
   readonly ports?: readonly { name?: string; containerPort: number }[];
   readonly env?: readonly EnvVar[];
   readonly envFrom?: readonly { configMapRef?: { name: string } }[];
@@ -695,6 +700,18 @@ describe("deploy/k8s", () => {
     expect(onlyContainer(workload(manifests, "pulsar") as K8sObject).image).toBe(
       `apachepulsar/pulsar:${PULSAR_VERSION}`,
     );
+  });
+
+  it("sets every Pulsar setting the adapter relies on, as the engine tests' standalone does", () => {
+    const pulsar = onlyContainer(workload(manifests, "pulsar") as K8sObject);
+    const prefixed = new Map(
+      (pulsar.env ?? [])
+        .filter((v) => v.name.startsWith("PULSAR_PREFIX_"))
+        .map((v) => [v.name.slice("PULSAR_PREFIX_".length), v.value]),
+    );
+    expect(Object.fromEntries(prefixed)).toMatchObject(PULSAR_SETTINGS_PARLEY_RELIES_ON);
+    // apply-config-from-env.py only writes the PULSAR_PREFIX_ variables when it runs first.
+    expect(pulsar.args?.join(" ")).toMatch(/^bin\/apply-config-from-env\.py conf\/standalone\.conf && /);
   });
 
   it("sends OTLP to the collector's receiver, and the collector's traces on to Jaeger", () => {

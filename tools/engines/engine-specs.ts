@@ -12,6 +12,30 @@ export const ENGINE_NAMES: readonly EngineName[] = ["redis", "etcd", "cassandra"
 export const CASSANDRA_VERSION = "5.0.9";
 export const PULSAR_VERSION = "4.0.7";
 
+/**
+ * The broker settings Parley's Pulsar adapter relies on, beyond Pulsar's defaults: the engine
+ * tests' standalone and deploy/k8s/pulsar.yaml (as PULSAR_PREFIX_ variables) both set them, and
+ * test/deploy.test.ts checks that the manifest keeps every one.
+ */
+export const PULSAR_SETTINGS_PARLEY_RELIES_ON: Readonly<Record<string, string>> = {
+  // The adapter speaks the WebSocket API (lib/broker/pulsar).
+  webSocketServiceEnabled: "true",
+  // Parley's messages reach Pulsar as WebSocket text frames, the payload in base64 (4/3 of its
+  // size) inside JSON. The default frame limit, 1 MiB, refused any message over ~750 KB; this one
+  // takes a message as large as Pulsar's own limit (maxMessageSize, 5 MiB) and its properties.
+  // lib/message-limits.ts says what the largest send makes.
+  webSocketMaxTextFrameSize: "8388608",
+  // Topics come into being when first used; partitioned ones would need the adapter to know.
+  allowAutoTopicCreation: "true",
+  allowAutoTopicCreationType: "non-partitioned",
+  // Topics of a quiet chat must not vanish with their subscriptions' positions.
+  brokerDeleteInactiveTopicsEnabled: "false",
+  // One bookie.
+  managedLedgerDefaultEnsembleSize: "1",
+  managedLedgerDefaultWriteQuorum: "1",
+  managedLedgerDefaultAckQuorum: "1",
+};
+
 export interface EnginePorts {
   readonly redis: number;
   readonly etcdClient: number;
@@ -330,20 +354,8 @@ function writePulsarConfig(dir: string, ports: EnginePorts) {
       "listeningInterface=lo",
       `bookiePort=${ports.pulsarBookie}`,
       "allowLoopback=true",
-      "webSocketServiceEnabled=true",
-      // Parley's messages reach Pulsar as WebSocket text frames, the payload in base64 (4/3 of its
-      // size) inside JSON. The default frame limit, 1 MiB, refused any message over ~750 KB; this
-      // one takes a message as large as Pulsar's own limit (maxMessageSize, 5 MiB) and its
-      // properties. lib/message-limits.ts says what the largest send makes.
-      "webSocketMaxTextFrameSize=8388608",
+      ...Object.entries(PULSAR_SETTINGS_PARLEY_RELIES_ON).map(([name, value]) => `${name}=${value}`),
       "functionsWorkerEnabled=false",
-      "managedLedgerDefaultEnsembleSize=1",
-      "managedLedgerDefaultWriteQuorum=1",
-      "managedLedgerDefaultAckQuorum=1",
-      "allowAutoTopicCreation=true",
-      "allowAutoTopicCreationType=non-partitioned",
-      // Topics of a quiet chat must not vanish with their subscriptions' positions.
-      "brokerDeleteInactiveTopicsEnabled=false",
       "authenticationEnabled=false",
       "authorizationEnabled=false",
       "numIOThreads=2",
