@@ -57,6 +57,19 @@ export function directClientFrames(
   return { [Symbol.asyncIterator]: () => readEnvelopes(request, skipsEndStream, readMaxBytes) };
 }
 
+/** A frame refused on its announced length: the error Connect gives, with the length to report. */
+export class FrameTooLargeError extends ConnectError {
+  readonly frameBytes: number;
+
+  constructor(frameBytes: number, readMaxBytes: number) {
+    super(
+      `message size ${frameBytes} is larger than configured readMaxBytes ${readMaxBytes}`,
+      Code.ResourceExhausted,
+    );
+    this.frameBytes = frameBytes;
+  }
+}
+
 /**
  * The request's messages, read with the request's own async iterator as Connect reads it (so a
  * reset or an early close ends the same way): one generator between the body and the handler
@@ -79,12 +92,7 @@ async function* readEnvelopes(
       const flags = first[0] as number;
       const length = first.readUInt32BE(1);
       // Refused on its announced length, as Connect refuses it, before a byte of it is buffered.
-      if (length > readMaxBytes) {
-        throw new ConnectError(
-          `message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`,
-          Code.ResourceExhausted,
-        );
-      }
+      if (length > readMaxBytes) throw new FrameTooLargeError(length, readMaxBytes);
       if (pendingBytes < 5 + length) break;
       if (flags & COMPRESSED_FLAG) {
         throw new Error("protocol error: a compressed message, but the request names no compression");

@@ -35,6 +35,7 @@ import type { Logger } from "../lib/logging.ts";
 import { FORCE_TRACE_ATTRIBUTE } from "../lib/telemetry.ts";
 import { createAcknowledgementBatcher, recordAlone, toAcknowledgement } from "./ack-batcher.ts";
 import { authenticatedCaller, callingDevice } from "./auth/interceptor.ts";
+import { FrameTooLargeError } from "./client-frames.ts";
 import { serveFrames } from "./frame-writer.ts";
 import type { HostDirectory } from "./host-directory.ts";
 import type { InternalClients } from "./internal-clients.ts";
@@ -44,7 +45,7 @@ import { noStreamMetrics } from "./metrics.ts";
 import type { PassthroughRoute } from "./passthrough.ts";
 import { toEdgeError } from "./passthrough.ts";
 import type { DeviceStream, FetchPage } from "./streams/device-stream.ts";
-import { Closes, durationOf, frame } from "./streams/device-stream.ts";
+import { Closes, durationOf, frame, messageTooLargeClose } from "./streams/device-stream.ts";
 import type { PushedMessages } from "./streams/pushed-messages.ts";
 import type { StreamHub } from "./streams/stream-hub.ts";
 import type { NodeResponse } from "./transport-scope.ts";
@@ -496,8 +497,9 @@ function createFrameReader(
         stream.touch();
         // A frame Connect read (JSON, say) is measured as the contract counts: binary. Unread
         // by `handle`, as client-frames.ts leaves one that announces more.
-        if (oversizedFrameBytes(next.value) !== undefined) {
-          stream.close(Closes.messageTooLarge);
+        const oversized = oversizedFrameBytes(next.value);
+        if (oversized !== undefined) {
+          stream.close(messageTooLargeClose(oversized));
           return;
         }
         handle(next.value);
@@ -506,8 +508,9 @@ function createFrameReader(
       // The client's side failed: reset or gone (the signal says so), or a message too large to
       // read or that does not decode, which no FrameError can answer (there is no frame id to echo).
       if (ctx.signal.aborted) stream.abort();
+      else if (err instanceof FrameTooLargeError) stream.close(messageTooLargeClose(err.frameBytes));
       else if (err instanceof ConnectError && err.code === Code.ResourceExhausted)
-        stream.close(Closes.messageTooLarge);
+        stream.close(messageTooLargeClose(undefined));
       else stream.close(Closes.protocolError);
     } finally {
       clearTimeout(helloTimer);

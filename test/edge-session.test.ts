@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { anyUnpack, timestampNow } from "@bufbuild/protobuf/wkt";
 import type { Interceptor, Transport } from "@connectrpc/connect";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -34,8 +35,7 @@ import type {
 import { EdgePushService, PushOutcome } from "../gen/parley/delivery/v1/edge_push_service_pb.ts";
 import type { ClientFrameSchema, ServerFrame } from "../gen/parley/edge/v1/frames_pb.ts";
 import { CloseReason } from "../gen/parley/edge/v1/frames_pb.ts";
-import type { SessionRequestSchema } from "../gen/parley/edge/v1/session_service_pb.ts";
-import { SessionService } from "../gen/parley/edge/v1/session_service_pb.ts";
+import { SessionRequestSchema, SessionService } from "../gen/parley/edge/v1/session_service_pb.ts";
 import { PresenceState } from "../gen/parley/events/v1/presence_events_pb.ts";
 import type { SyncItemSchema } from "../gen/parley/history/v1/history_pb.ts";
 import { HistoryService } from "../gen/parley/history/v1/history_service_pb.ts";
@@ -482,16 +482,21 @@ describe("Session", () => {
         kind: ContentKind.TEXT,
         payload: { case: "shared" as const, value: { ciphertext: new Uint8Array(CLIENT_MESSAGE_MAX_BYTES) } },
       };
-      up.send({
+      const tooLarge = {
         frameId: 1n,
         body: {
-          case: "send",
+          case: "send" as const,
           value: { conversationId: conversation, clientMessageId: uuid(4_100), envelope },
         },
-      });
+      };
+      up.send(tooLarge);
       const close = expectCase(await down.next(), "close");
       expect(close.reason).toBe(CloseReason.MESSAGE_TOO_LARGE);
-      expect(close.message).toContain(`larger than ${CLIENT_MESSAGE_MAX_BYTES} bytes`);
+      // The frame's size in the binary encoding, however it travelled.
+      const bytes = toBinary(SessionRequestSchema, create(SessionRequestSchema, { frame: tooLarge })).length;
+      expect(close.message).toContain(
+        `a client frame of ${bytes} bytes was larger than ${CLIENT_MESSAGE_MAX_BYTES} bytes`,
+      );
       const end = await down.end();
       expect(end?.code).toBe(Code.ResourceExhausted);
       expect(ConnectError.from(end).findDetails(ErrorInfoSchema)[0]?.reason).toBe("MESSAGE_TOO_LARGE");

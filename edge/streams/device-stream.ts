@@ -67,15 +67,6 @@ export const Closes = {
     errorReason: "PROTOCOL_ERROR",
     message: "too many invalid frames on this stream",
   },
-  // A client frame over the contract's size limit (session_service.proto). A direct Session
-  // refuses it on its announced length, unread, so no FrameError can name it: the stream ends,
-  // and ends the same way when Connect read the frame (JSON, say) and it was measured after.
-  messageTooLarge: {
-    reason: CloseReason.MESSAGE_TOO_LARGE,
-    code: "resource_exhausted",
-    errorReason: "MESSAGE_TOO_LARGE",
-    message: `a client frame was larger than ${CLIENT_MESSAGE_MAX_BYTES} bytes in the binary protobuf encoding, the edge's limit; it was not handled (a send in it was not accepted) and would be refused again`,
-  },
   // RemoveDevice revoked the device (frames.proto: the stream ends with PERMISSION_DENIED); the
   // SDK stops reconnecting.
   deviceRevoked: {
@@ -96,6 +87,23 @@ export const Closes = {
     retryAfterMs: 1_000,
   },
 } as const satisfies Record<string, CloseSpec>;
+
+/**
+ * The close of a stream that sent a client frame over the contract's size limit
+ * (session_service.proto), naming the frame's binary size when the edge knows it. A direct
+ * Session refuses such a frame on its announced length, unread, so no FrameError can name it: the
+ * stream ends, and ends the same way when Connect read the frame (JSON, say) and it was measured
+ * after. Connect refusing a body over its read limit says no size.
+ */
+export function messageTooLargeClose(frameBytes: number | undefined): CloseSpec {
+  const frame = frameBytes === undefined ? "a client frame was" : `a client frame of ${frameBytes} bytes was`;
+  return {
+    reason: CloseReason.MESSAGE_TOO_LARGE,
+    code: "resource_exhausted",
+    errorReason: "MESSAGE_TOO_LARGE",
+    message: `${frame} larger than ${CLIENT_MESSAGE_MAX_BYTES} bytes in the binary protobuf encoding, the edge's limit; it was not handled (a send in it was not accepted) and would be refused again`,
+  };
+}
 
 /** The SHUTDOWN close, asking the device to wait `retryAfterMs` before reconnecting. */
 export function shutdownClose(retryAfterMs: number): CloseSpec {
