@@ -30,10 +30,6 @@ export const PULSAR_SETTINGS_PARLEY_RELIES_ON: Readonly<Record<string, string>> 
   allowAutoTopicCreationType: "non-partitioned",
   // Topics of a quiet chat must not vanish with their subscriptions' positions.
   brokerDeleteInactiveTopicsEnabled: "false",
-  // One bookie.
-  managedLedgerDefaultEnsembleSize: "1",
-  managedLedgerDefaultWriteQuorum: "1",
-  managedLedgerDefaultAckQuorum: "1",
 };
 
 export interface EnginePorts {
@@ -356,6 +352,10 @@ function writePulsarConfig(dir: string, ports: EnginePorts) {
       "allowLoopback=true",
       ...Object.entries(PULSAR_SETTINGS_PARLEY_RELIES_ON).map(([name, value]) => `${name}=${value}`),
       "functionsWorkerEnabled=false",
+      // One bookie.
+      "managedLedgerDefaultEnsembleSize=1",
+      "managedLedgerDefaultWriteQuorum=1",
+      "managedLedgerDefaultAckQuorum=1",
       "authenticationEnabled=false",
       "authorizationEnabled=false",
       "numIOThreads=2",

@@ -1,7 +1,9 @@
 // The producer against a stand-in for Pulsar's WebSocket endpoint that answers sends as told: how
-// often a refused send is resent. The adapter's behaviour against the real Pulsar is in
-// pulsar-broker.test.ts.
+// often a refused send is resent. A real Pulsar cannot be made to refuse the same message again at
+// every resend on demand; the adapter's behaviour against the real one is in pulsar-broker.test.ts.
+// The waits asserted are the backoff's (jitter pinned), with wide margins: behaviour, not speed.
 import type { AddressInfo } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { WebSocketServer } from "ws";
 import { createLogger } from "../../logging.ts";
@@ -13,8 +15,11 @@ const MESSAGE_ID = Buffer.from([0x08, 0x01, 0x10, 0x02]).toString("base64");
 
 type Answer = "refuse" | "confirm";
 
-/** Answers each send by `answer(n)` (n counts sends from 1) and records when each socket opened. */
-async function fakePulsar(answer: (send: number) => Answer) {
+/**
+ * Answers each send by `answer(n, seq)` (n counts sends from 1, seq is the producer's sequence id
+ * of the message) and records when each socket opened.
+ */
+async function fakePulsar(answer: (send: number, seq: number) => Answer) {
   const server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
   await new Promise<void>((resolve) => server.once("listening", resolve));
   const openedAt: number[] = [];
@@ -26,9 +31,9 @@ async function fakePulsar(answer: (send: number) => Answer) {
       sends++;
       socket.send(
         JSON.stringify(
-          answer(sends) === "confirm"
+          answer(sends, Number(frame.context)) === "confirm"
             ? { result: "ok", messageId: MESSAGE_ID, context: frame.context }
-            : { result: "send-error:8", errorMsg: "topic was terminated", context: frame.context },
+            : { result: "send-error:8", errorMsg: "refused", context: frame.context },
         ),
       );
     });
@@ -37,6 +42,10 @@ async function fakePulsar(answer: (send: number) => Answer) {
   return {
     endpoint: `ws://127.0.0.1:${port}/ws/v2/producer/persistent/t/n/chat.messages`,
     openedAt,
+    /** Cuts every connection, as a network failure would. */
+    cut: () => {
+      for (const client of server.clients) client.terminate();
+    },
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
@@ -70,9 +79,41 @@ describe("TopicProducer resending refused sends", () => {
 
     await expect(publishing).rejects.toThrow(/not confirmed within 2000 ms/);
     // Waits of 200, 400 and 800 ms: sockets at about 0, 0.2, 0.6 and 1.4 s. With the backoff reset by
-    // every open socket (100 ms each time) it was about 18 in the same 2 s.
+    // every open socket (100 ms each time) it was 20 in the same 2 s.
     expect(pulsar.openedAt.length).toBeGreaterThanOrEqual(3);
     expect(pulsar.openedAt.length).toBeLessThanOrEqual(5);
+  });
+
+  it("keeps waiting longer when a later message's confirmation arrives with the refusal", async () => {
+    // Each socket carries the refused message, then the next one (confirmed once, then a duplicate):
+    // their receipts come back together, the confirmation after the refusal that drops the socket.
+    const pulsar = await fakePulsar((_send, seq) => (seq === 0 ? "refuse" : "confirm"));
+    cleanup.push(pulsar.close);
+    const sending = producer(pulsar.endpoint, 2_000);
+    const refused = sending.publish({ key: "k", payload: new Uint8Array([1]) });
+    const confirmed = sending.publish({ key: "k", payload: new Uint8Array([2]) });
+
+    await expect(confirmed).resolves.toBeDefined();
+    await expect(refused).rejects.toThrow(/not confirmed within 2000 ms/);
+    expect(pulsar.openedAt.length).toBeGreaterThanOrEqual(3);
+    expect(pulsar.openedAt.length).toBeLessThanOrEqual(5);
+  });
+
+  it("goes back to the usual backoff once the refused publish is given up", async () => {
+    const pulsar = await fakePulsar(() => "refuse");
+    cleanup.push(pulsar.close);
+    const sending = producer(pulsar.endpoint, 1_000);
+    await expect(sending.publish({ key: "k", payload: new Uint8Array([1]) })).rejects.toThrow(
+      /not confirmed/,
+    );
+    await sleep(900); // the last reconnect of the refusals is done, the socket open and idle
+    const socketsBefore = pulsar.openedAt.length;
+    const cutAt = performance.now();
+    pulsar.cut();
+    while (pulsar.openedAt.length === socketsBefore) await sleep(10);
+
+    // A network drop after the timeout: 100 ms, not the 1.6 s the refusals in a row had reached.
+    expect((pulsar.openedAt[socketsBefore] as number) - cutAt).toBeLessThan(500);
   });
 
   it("goes back to the usual backoff once a send is confirmed", async () => {

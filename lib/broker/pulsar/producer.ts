@@ -168,12 +168,14 @@ export class TopicProducer {
         "Pulsar failed a send; resending on a new socket",
       );
       // A new socket resends every unconfirmed message with its sequence id (see the class comment),
-      // later at each failure in a row: a refusal that lasts (a terminated topic, say) costs a few
-      // resends before the publish times out, not one per backoff step of a healthy reconnect.
-      if (session.isOpen) this.socket.dropCurrent({ workFailed: true });
+      // later at each refusal in a row: a refusal that repeats costs a few resends before the
+      // publish times out, not one per backoff step of a healthy reconnect.
+      this.socket.dropCurrent({ workFailed: true });
       return;
     }
-    this.socket.workSucceeded();
+    // Only a confirmation on the open socket says resending works: receipts a dropped socket had
+    // already read still arrive, and the resend of a refused message comes after them.
+    if (session.isOpen) this.socket.forgetFailedWork();
     let id: string;
     try {
       const position = decodeMessageId(frame.messageId);
@@ -211,6 +213,8 @@ export class TopicProducer {
     const now = Date.now();
     for (const item of this.pending()) {
       if (item.deadline > now) break;
+      // Given up: its refusals say nothing about the next publish's reconnects.
+      if (!item.settled) this.socket.forgetFailedWork();
       this.settle(
         item,
         undefined,

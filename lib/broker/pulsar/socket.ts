@@ -152,9 +152,9 @@ export class ReconnectingSocket {
   private attempt = 0;
   /**
    * Drops the owner asked for because the connection's work failed (dropCurrent with
-   * `workFailed`) since its work last succeeded (workSucceeded): they add to the backoff, which an
-   * open connection alone does not reset, so a send Pulsar refuses every time is not resent on a
-   * new socket many times a second until its publish times out.
+   * `workFailed`) since it last called forgetFailedWork: they add to the backoff, which an open
+   * connection alone does not reset, so a send Pulsar refuses every time is not resent on a new
+   * socket many times a second until its publish times out.
    */
   private failedWorkDrops = 0;
   private closing = false;
@@ -320,16 +320,17 @@ export class ReconnectingSocket {
 
   /**
    * Drops the open connection as if the network had: onDrop, then a reconnect. With `workFailed`
-   * the reconnect waits longer at each such drop until `workSucceeded` is called.
+   * the reconnect waits longer at each such drop until `forgetFailedWork` is called. A connection
+   * already dropping is left alone (counted once).
    */
   dropCurrent(options: { readonly workFailed?: boolean } = {}): void {
-    if (this.session === undefined) return;
+    if (this.session?.isOpen !== true) return;
     if (options.workFailed === true) this.failedWorkDrops++;
     this.ws?.terminate();
   }
 
-  /** The connection did its work (a send was confirmed): drops back to the usual backoff. */
-  workSucceeded(): void {
+  /** The failed work went through or was given up: reconnects wait as after a network drop again. */
+  forgetFailedWork(): void {
     this.failedWorkDrops = 0;
   }
 
