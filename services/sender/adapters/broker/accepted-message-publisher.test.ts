@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { EnvelopeSchema } from "../../../../gen/parley/common/v1/envelope_pb.ts";
+import type { Broker } from "../../../../lib/broker/broker.ts";
 import { MAX_PAYLOAD_BYTES } from "../../../../lib/broker/broker.ts";
 import { createEmbeddedBroker } from "../../../../lib/broker/embedded-broker.ts";
 import { isParleyError } from "../../../../lib/errors.ts";
@@ -18,16 +19,21 @@ const message = {
   forceTrace: false,
 };
 
+/** What publishing `accepted` through `broker` fails with (undefined if it does not fail). */
+function publishFailure(broker: Broker, accepted: typeof message): Promise<unknown> {
+  return createAcceptedMessagePublisher(broker)
+    .publish(accepted)
+    .then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+}
+
 describe("accepted message publisher", () => {
   it("turns a broker that cannot take the message into UNAVAILABLE with a retry delay, so clients retry", async () => {
     const broker = await createEmbeddedBroker({ path: ":memory:" });
     await broker.close();
-    const error = await createAcceptedMessagePublisher(broker)
-      .publish(message)
-      .then(
-        () => undefined,
-        (err: unknown) => err,
-      );
+    const error = await publishFailure(broker, message);
     expect(isParleyError(error) && error.code).toBe("unavailable");
     expect(isParleyError(error) && error.reason).toBe("BROKER_UNAVAILABLE");
     expect(isParleyError(error) && error.retryDelayMs).toBeGreaterThan(0);
@@ -43,12 +49,7 @@ describe("accepted message publisher", () => {
           payload: { case: "shared", value: { ciphertext: new Uint8Array(MAX_PAYLOAD_BYTES) } },
         }),
       };
-      const error = await createAcceptedMessagePublisher(broker)
-        .publish(tooLarge)
-        .then(
-          () => undefined,
-          (err: unknown) => err,
-        );
+      const error = await publishFailure(broker, tooLarge);
       expect(isParleyError(error) && error.code).toBe("resource_exhausted");
       expect(isParleyError(error) && error.reason).toBe("MESSAGE_TOO_LARGE");
     } finally {
