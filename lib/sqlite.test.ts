@@ -1,9 +1,18 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createGroupCommit, inTransaction, openSqlite, withoutWaitingForDisk } from "./sqlite.ts";
+import {
+  copyOwnedTables,
+  createGroupCommit,
+  dropCopiedTables,
+  inTransaction,
+  migrate,
+  moveOwnedTables,
+  openSqlite,
+  withoutWaitingForDisk,
+} from "./sqlite.ts";
 
 describe("createGroupCommit", () => {
   let dir: string;
@@ -162,6 +171,258 @@ describe("withoutWaitingForDisk", () => {
     } finally {
       db.close();
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("moveOwnedTables", () => {
+  let dir: string;
+  let fromPath: string;
+  let toPath: string;
+  let move: { fromPath: string; toPath: string; owner: string; tablePrefix: string };
+
+  // Owner "chat": an AUTOINCREMENT table with a unique and a partial index, a column added later,
+  // a WITHOUT ROWID table, a UNIQUE constraint (SQLite's own index, without sql) and a trigger. Owner "key" shares the file, and its "chatxrooms" starts
+  // with "chat" and a character that LIKE's `_` would match.
+  const CHAT_MIGRATIONS = [
+    `CREATE TABLE chat_messages (id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL, body TEXT NOT NULL);
+     CREATE UNIQUE INDEX chat_messages_by_client ON chat_messages (client_id);
+     CREATE INDEX chat_messages_by_body ON chat_messages (body) WHERE body <> '';
+     CREATE TABLE chat_log (message_id INTEGER NOT NULL UNIQUE);
+     CREATE TRIGGER chat_messages_logged AFTER INSERT ON chat_messages
+       BEGIN INSERT INTO chat_log (message_id) VALUES (new.id); END;`,
+    `ALTER TABLE chat_messages ADD COLUMN sent_at INTEGER;
+     CREATE TABLE chat_members (conversation TEXT NOT NULL, user TEXT NOT NULL, PRIMARY KEY (conversation, user)) WITHOUT ROWID;`,
+  ];
+  const CHAT_TABLES = ["chat_log", "chat_members", "chat_messages"];
+  const KEY_MIGRATIONS = [
+    `CREATE TABLE key_devices (id TEXT PRIMARY KEY, user TEXT NOT NULL);
+     CREATE INDEX key_devices_by_user ON key_devices (user);
+     CREATE TABLE chatxrooms (id TEXT PRIMARY KEY);`,
+  ];
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), "parley-move-tables-"));
+    fromPath = join(dir, "parley.db");
+    toPath = join(dir, "chat.db");
+    move = { fromPath, toPath, owner: "chat", tablePrefix: "chat_" };
+    const db = openSqlite(fromPath);
+    migrate(db, "key", KEY_MIGRATIONS);
+    migrate(db, "chat", CHAT_MIGRATIONS);
+    const send = db.prepare("INSERT INTO chat_messages (client_id, body, sent_at) VALUES (?, ?, ?)");
+    send.run("c1", "hello", 1);
+    send.run("c2", "", 2);
+    send.run("c3", "gone", 3);
+    db.exec("DELETE FROM chat_messages WHERE client_id = 'c3'"); // the AUTOINCREMENT counter stays at 3
+    db.exec("INSERT INTO chat_members VALUES ('room', 'alice'), ('room', 'bob')");
+    db.exec("INSERT INTO key_devices VALUES ('d1', 'alice'); INSERT INTO chatxrooms VALUES ('r1')");
+    db.close();
+  });
+
+  afterEach(() => {
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** What a test reads from a file, through its own connection (so only what is committed). */
+  function read<T>(path: string, query: (db: DatabaseSync) => T): T {
+    const db = new DatabaseSync(path);
+    try {
+      return query(db);
+    } finally {
+      db.close();
+    }
+  }
+  const schema = (path: string, prefix: string) =>
+    read(path, (db) =>
+      db
+        .prepare(
+          "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE substr(tbl_name, 1, length(?1)) = ?1 ORDER BY type, name",
+        )
+        .all(prefix),
+    );
+  const rows = (path: string, table: string) =>
+    read(path, (db) =>
+      db
+        .prepare(`SELECT * FROM ${table}`)
+        .all()
+        .sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b))),
+    );
+  const migrations = (path: string) =>
+    read(path, (db) => db.prepare("SELECT * FROM schema_migrations ORDER BY owner, version").all());
+  const tables = (path: string) =>
+    read(path, (db) =>
+      (
+        db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as {
+          name: string;
+        }[]
+      ).map((row) => row.name),
+    );
+  /** The source once chat's tables left: SQLite keeps sqlite_sequence, emptied of their rows. */
+  const sourceLeft = () => {
+    expect(tables(fromPath)).toEqual(["chatxrooms", "key_devices", "schema_migrations", "sqlite_sequence"]);
+    expect(rows(fromPath, "sqlite_sequence")).toEqual([]);
+    expect(schema(fromPath, "chat_")).toEqual([]);
+    expect((migrations(fromPath) as { owner: string }[]).map((row) => row.owner)).toEqual(["key"]);
+  };
+  const snapshot = (path: string) => ({
+    schema: schema(path, "chat_"),
+    rows: CHAT_TABLES.map((table) => rows(path, table)),
+    migrations: (migrations(path) as { owner: string }[]).filter((row) => row.owner === "chat"),
+  });
+
+  it("moves the owner's tables with their rows, indexes, trigger, counter and migrations, and only those", () => {
+    const before = snapshot(fromPath);
+    const keyBefore = { schema: schema(fromPath, "key_"), rows: rows(fromPath, "key_devices") };
+    expect(before.rows.map((r) => r.length)).toEqual([3, 2, 2]);
+
+    expect(moveOwnedTables(move)).toEqual({ moved: CHAT_TABLES, copied: CHAT_TABLES });
+
+    // Same CREATE statements (the ALTERed column included), the constraints' own indexes too.
+    const after = snapshot(toPath);
+    expect(after).toEqual(before);
+    expect((after.schema as { name: string }[]).map((entry) => entry.name)).toEqual([
+      "chat_messages_by_body",
+      "chat_messages_by_client",
+      "sqlite_autoindex_chat_log_1",
+      "chat_log",
+      "chat_members",
+      "chat_messages",
+      "chat_messages_logged",
+    ]);
+    expect(tables(toPath)).toEqual([...CHAT_TABLES, "schema_migrations", "sqlite_sequence"]);
+
+    const db = openSqlite(toPath);
+    try {
+      expect(() =>
+        db.prepare("INSERT INTO chat_messages (client_id, body) VALUES ('c1', 'again')").run(),
+      ).toThrow(/UNIQUE/);
+      expect(() => db.prepare("INSERT INTO chat_members VALUES ('room', 'bob')").run()).toThrow(/UNIQUE/);
+      expect(() => db.prepare("INSERT INTO chat_log VALUES (1)").run()).toThrow(/UNIQUE/);
+      // The counter came along (id 3 is not handed out again), and the trigger works there.
+      expect(
+        db.prepare("INSERT INTO chat_messages (client_id, body) VALUES ('c4', 'new')").run().lastInsertRowid,
+      ).toBe(4);
+      expect(db.prepare("SELECT message_id FROM chat_log ORDER BY 1").all()).toEqual([
+        { message_id: 1 },
+        { message_id: 2 },
+        { message_id: 3 },
+        { message_id: 4 },
+      ]);
+    } finally {
+      db.close();
+    }
+
+    // The source keeps everything else, untouched.
+    sourceLeft();
+    expect(schema(fromPath, "key_")).toEqual(keyBefore.schema);
+    expect(rows(fromPath, "key_devices")).toEqual(keyBefore.rows);
+    expect(rows(fromPath, "chatxrooms")).toEqual([{ id: "r1" }]);
+  });
+
+  it("is harmless to run again", () => {
+    const before = snapshot(fromPath);
+    moveOwnedTables(move);
+    expect(moveOwnedTables(move)).toEqual({ moved: [], copied: [] });
+    expect(snapshot(toPath)).toEqual(before);
+    sourceLeft();
+  });
+
+  it("finishes a move whose copy committed before a crash, without copying again", () => {
+    const before = snapshot(fromPath);
+    // The second step alone never empties a source whose copy did not commit.
+    read(toPath, (db) => db.exec("CREATE TABLE other (x)"));
+    expect(dropCopiedTables(move)).toEqual([]);
+    expect(snapshot(fromPath)).toEqual(before);
+    // The crash: the first step committed, the source was never emptied.
+    expect(copyOwnedTables(move)).toEqual(CHAT_TABLES);
+    expect(snapshot(fromPath)).toEqual(before);
+    expect(snapshot(toPath)).toEqual(before);
+
+    expect(moveOwnedTables(move)).toEqual({ moved: CHAT_TABLES, copied: [] });
+    expect(snapshot(toPath)).toEqual(before);
+    sourceLeft();
+  });
+
+  it("keeps nothing of a copy that failed half-way, and leaves the source as it was", () => {
+    const before = snapshot(fromPath);
+    // An index of that name elsewhere in the destination: the copy fails at the indexes, after
+    // the tables and rows.
+    const blocker = openSqlite(toPath);
+    blocker.exec("CREATE TABLE other (x); CREATE INDEX chat_messages_by_client ON other (x)");
+    blocker.close();
+    expect(() => moveOwnedTables(move)).toThrow(/already exists/);
+    expect(tables(toPath)).toEqual(["other", "schema_migrations"]);
+    expect(migrations(toPath)).toEqual([]);
+    expect(snapshot(fromPath)).toEqual(before);
+
+    read(toPath, (db) => db.exec("DROP INDEX chat_messages_by_client"));
+    expect(moveOwnedTables(move)).toEqual({ moved: CHAT_TABLES, copied: CHAT_TABLES });
+    expect(snapshot(toPath)).toEqual(before);
+  });
+
+  it("only drops the source's leftovers when the destination has the owner's migrations already", () => {
+    const db = openSqlite(toPath);
+    migrate(db, "chat", CHAT_MIGRATIONS);
+    db.exec("INSERT INTO chat_messages (client_id, body) VALUES ('fresh', 'only here')");
+    db.close();
+    const destination = snapshot(toPath);
+
+    expect(moveOwnedTables(move)).toEqual({ moved: CHAT_TABLES, copied: [] });
+    expect(snapshot(toPath)).toEqual(destination);
+    expect(rows(toPath, "chat_messages")).toEqual([
+      { id: 1, client_id: "fresh", body: "only here", sent_at: null },
+    ]);
+    sourceLeft();
+  });
+
+  it("creates neither file when the source does not exist or holds none of the owner's tables", () => {
+    const missing = { ...move, fromPath: join(dir, "missing", "parley.db"), toPath: join(dir, "new.db") };
+    expect(moveOwnedTables(missing)).toEqual({ moved: [], copied: [] });
+    expect(existsSync(missing.fromPath)).toBe(false);
+    expect(existsSync(join(dir, "missing"))).toBe(false);
+    expect(existsSync(missing.toPath)).toBe(false);
+
+    const nothingOwned = { ...move, owner: "history", tablePrefix: "history_", toPath: join(dir, "new.db") };
+    expect(moveOwnedTables(nothingOwned)).toEqual({ moved: [], copied: [] });
+    expect(existsSync(nothingOwned.toPath)).toBe(false);
+  });
+
+  it("moves tables that refer to each other with foreign keys on, and refuses to cut a reference", () => {
+    const db = openSqlite(fromPath); // foreign_keys = ON
+    db.exec(`CREATE TABLE chat_rooms (id TEXT PRIMARY KEY);
+             CREATE TABLE chat_invites (room TEXT NOT NULL REFERENCES chat_rooms (id), user TEXT NOT NULL);
+             CREATE TABLE chat_topics (room TEXT NOT NULL REFERENCES chat_rooms (id), topic TEXT NOT NULL);
+             INSERT INTO chat_rooms VALUES ('room'); INSERT INTO chat_invites VALUES ('room', 'carol');
+             INSERT INTO chat_topics VALUES ('room', 'news');
+             CREATE TABLE key_grants (room TEXT REFERENCES chat_rooms (id));`);
+    db.close();
+    // key_grants stays and refers to chat_rooms, which would leave.
+    expect(() => moveOwnedTables(move)).toThrow(/foreign key of key_grants to chat_rooms/);
+    expect(existsSync(toPath)).toBe(true); // created by the look, but holding nothing of chat's
+    expect(tables(toPath)).toEqual(["schema_migrations"]);
+    expect(tables(fromPath)).toContain("chat_rooms");
+
+    read(fromPath, (other) => other.exec("DROP TABLE key_grants"));
+    // Tables go in name order: chat_invites' rows are copied before their parent's, and
+    // chat_rooms is dropped while chat_topics still refers to it.
+    expect(moveOwnedTables(move).moved).toEqual([
+      "chat_invites",
+      "chat_log",
+      "chat_members",
+      "chat_messages",
+      "chat_rooms",
+      "chat_topics",
+    ]);
+    expect(rows(toPath, "chat_topics")).toEqual([{ room: "room", topic: "news" }]);
+    expect(tables(fromPath)).toEqual(["chatxrooms", "key_devices", "schema_migrations", "sqlite_sequence"]);
+    const moved = openSqlite(toPath);
+    try {
+      expect(moved.prepare("PRAGMA foreign_key_check").all()).toEqual([]);
+      expect(() => moved.prepare("INSERT INTO chat_invites VALUES ('nowhere', 'dave')").run()).toThrow(
+        /FOREIGN KEY/,
+      );
+    } finally {
+      moved.close();
     }
   });
 });

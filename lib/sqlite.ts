@@ -1,4 +1,4 @@
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 
@@ -18,15 +18,17 @@ export function openSqlite(path: string): DatabaseSync {
   return db;
 }
 
+/** schema_migrations' definition: `migrate` creates it, `copyOwnedTables` too in a new file. */
+const SCHEMA_MIGRATIONS_COLUMNS =
+  "(owner TEXT NOT NULL, version INTEGER NOT NULL, applied_at TEXT NOT NULL, PRIMARY KEY (owner, version))";
+
 /**
  * Applies `migrations` (SQL scripts, in order, never edited once released) that `owner` has not
  * applied yet, each in its own transaction. Each service names itself as owner, so services sharing
  * the file keep separate schema histories.
  */
 export function migrate(db: DatabaseSync, owner: string, migrations: readonly string[]): void {
-  db.exec(
-    "CREATE TABLE IF NOT EXISTS schema_migrations (owner TEXT NOT NULL, version INTEGER NOT NULL, applied_at TEXT NOT NULL, PRIMARY KEY (owner, version))",
-  );
+  db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations ${SCHEMA_MIGRATIONS_COLUMNS}`);
   const applied = db.prepare(
     "SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations WHERE owner = ?",
   );
@@ -205,4 +207,244 @@ export function createGroupCommit(
       while (queue.length > 0) flush();
     },
   };
+}
+
+/** One owner's tables leaving one SQLite file for another: see `moveOwnedTables`. */
+export interface OwnedTablesMove {
+  /** The file the tables leave. Never created: nothing to move when it does not exist. */
+  readonly fromPath: string;
+  /** The file they go to, created when something is to be moved. */
+  readonly toPath: string;
+  /** The owner whose `schema_migrations` rows go with the tables (as `migrate` records them). */
+  readonly owner: string;
+  /** Every table whose name starts with it moves, with its indexes and triggers. */
+  readonly tablePrefix: string;
+}
+
+/**
+ * Moves `owner`'s tables (every table named `tablePrefix...`, with its rows, indexes, triggers and
+ * AUTOINCREMENT counter) and its `schema_migrations` rows from the file at `fromPath` to the file
+ * at `toPath`, in two steps that each commit or leave nothing, so a crash anywhere is finished by
+ * calling it again:
+ * 1. `copyOwnedTables`: everything is copied into the destination in one transaction, unless the
+ *    destination has the owner's tables or migrations already (the copy committed before a crash,
+ *    or a fresh install that never used the source): then it never copies again;
+ * 2. `dropCopiedTables`: once the destination has them, the source's copies are dropped and the
+ *    owner's migrations there deleted, in one transaction.
+ * SQLite commits a transaction over several WAL files file by file, not atomically, hence the two
+ * transactions, each writing one file, in this order. Nothing may write the owner's tables in the
+ * source meanwhile or afterwards (its service must run on the new file only): the second step, and
+ * any later call, drops whatever is there. Returns the tables no longer in the source (`moved`)
+ * and those whose rows this call copied (`copied`: empty when it only finished an earlier move).
+ */
+export function moveOwnedTables(move: OwnedTablesMove): {
+  readonly moved: readonly string[];
+  readonly copied: readonly string[];
+} {
+  const copied = copyOwnedTables(move);
+  return { moved: dropCopiedTables(move), copied };
+}
+
+/**
+ * The first step of `moveOwnedTables`: copies the owner's tables, rows, indexes, triggers,
+ * AUTOINCREMENT counters and migrations into `toPath` in one transaction, unless it has them
+ * already. Returns the tables copied.
+ */
+export function copyOwnedTables(move: OwnedTablesMove): readonly string[] {
+  const prefix = checkedPrefix(move.tablePrefix);
+  if (!existsSync(move.fromPath)) return [];
+  // A look first, so that a source without the owner's tables (every start-up after the move)
+  // creates no destination file.
+  const source = openSqlite(move.fromPath);
+  try {
+    if (ownedTables(source, "main", prefix).length === 0) return [];
+  } finally {
+    source.close();
+  }
+  const destination = openSqlite(move.toPath);
+  try {
+    // Rows are copied as they are: checking them would only refuse a move over violations the
+    // source already holds (`checkForeignKeyBoundary` makes sure no reference leaves the tables).
+    destination.exec("PRAGMA foreign_keys = OFF");
+    destination.exec(`CREATE TABLE IF NOT EXISTS main.schema_migrations ${SCHEMA_MIGRATIONS_COLUMNS}`);
+    // ATTACH cannot run inside a transaction, and has no read-only mode here (node:sqlite opens
+    // files without URI support): the existence check above is what keeps it from creating one.
+    destination.prepare("ATTACH DATABASE ? AS source").run(move.fromPath);
+    // Not BEGIN IMMEDIATE: that takes the write lock of every attached file, and would stall
+    // every other writer of the source (other services' tables) for the whole copy. A deferred
+    // transaction whose first statement writes to main locks main only, and its read of the
+    // source is one snapshot, taken without a lock.
+    destination.exec("BEGIN");
+    try {
+      destination.exec("DELETE FROM main.schema_migrations WHERE 0"); // main's write lock, now
+      const tables = ownedTables(destination, "source", prefix);
+      // Copied already, or dropped from the source since the look above (by a concurrent move).
+      if (tables.length === 0 || ownsTables(destination, move.owner, prefix)) {
+        destination.exec("ROLLBACK");
+        return [];
+      }
+      checkForeignKeyBoundary(destination, "source", tables);
+      const hasSequences = tableExists(destination, "source", "sqlite_sequence");
+      for (const { name, sql } of tables) {
+        if (/^CREATE\s+VIRTUAL\b/i.test(sql)) throw new Error(`cannot move virtual table ${name}`);
+        // sqlite_master keeps the CREATE statement without its schema name: it creates in main.
+        destination.exec(sql);
+        const columns = (
+          destination
+            .prepare("SELECT name FROM pragma_table_xinfo(?, 'source') WHERE hidden = 0 ORDER BY cid")
+            .all(name) as { name: string }[]
+        )
+          .map((column) => quoted(column.name))
+          .join(", ");
+        destination.exec(
+          `INSERT INTO main.${quoted(name)} (${columns}) SELECT ${columns} FROM source.${quoted(name)}`,
+        );
+        // An AUTOINCREMENT table's counter would otherwise restart at its highest row left, and
+        // hand out again the ids of rows already deleted (an outbox's published events).
+        if (hasSequences) {
+          const sequence = destination
+            .prepare("SELECT seq FROM source.sqlite_sequence WHERE name = ?")
+            .get(name) as { seq: number } | undefined;
+          if (sequence !== undefined) {
+            destination.prepare("DELETE FROM main.sqlite_sequence WHERE name = ?").run(name);
+            destination
+              .prepare("INSERT INTO main.sqlite_sequence (name, seq) VALUES (?, ?)")
+              .run(name, sequence.seq);
+          }
+        }
+      }
+      // After the rows: an index is built in one pass, and triggers must not fire on the copy.
+      // Indexes SQLite made for UNIQUE and PRIMARY KEY constraints (no sql) came with the tables.
+      const names = tables.map((table) => table.name);
+      const dependents = destination
+        .prepare(
+          `SELECT sql FROM source.sqlite_master WHERE type IN ('index', 'trigger') AND sql IS NOT NULL
+             AND tbl_name IN (SELECT value FROM json_each(?)) ORDER BY type, name`,
+        )
+        .all(JSON.stringify(names)) as { sql: string }[];
+      for (const { sql } of dependents) destination.exec(sql);
+      if (tableExists(destination, "source", "schema_migrations")) {
+        destination
+          .prepare(
+            "INSERT INTO main.schema_migrations (owner, version, applied_at) SELECT owner, version, applied_at FROM source.schema_migrations WHERE owner = ?",
+          )
+          .run(move.owner);
+      }
+      destination.exec("COMMIT");
+      return names;
+    } catch (err) {
+      if (destination.isTransaction) destination.exec("ROLLBACK");
+      throw err;
+    }
+  } finally {
+    destination.close();
+  }
+}
+
+/**
+ * The second step of `moveOwnedTables`: once `toPath` has the owner's tables or migrations, drops
+ * the owner's tables from `fromPath` and deletes its migrations there, in one transaction. Does
+ * nothing while the destination has neither, so a source is never emptied before its copy
+ * committed. Returns the tables dropped.
+ */
+export function dropCopiedTables(move: OwnedTablesMove): readonly string[] {
+  const prefix = checkedPrefix(move.tablePrefix);
+  if (!existsSync(move.fromPath) || !existsSync(move.toPath)) return [];
+  const source = openSqlite(move.fromPath);
+  try {
+    const leftovers = () =>
+      ownedTables(source, "main", prefix).length > 0 ||
+      (tableExists(source, "main", "schema_migrations") &&
+        source.prepare("SELECT 1 FROM schema_migrations WHERE owner = ? LIMIT 1").get(move.owner) !==
+          undefined);
+    // Most calls find nothing: they take no write lock on the source.
+    if (!leftovers()) return [];
+    const destination = openSqlite(move.toPath);
+    try {
+      if (!ownsTables(destination, move.owner, prefix)) return [];
+    } finally {
+      destination.close();
+    }
+    // Set outside the transaction (SQLite ignores it inside): dropping tables that refer to each
+    // other must not depend on their order.
+    source.exec("PRAGMA foreign_keys = OFF");
+    return inTransaction(source, () => {
+      const tables = ownedTables(source, "main", prefix);
+      checkForeignKeyBoundary(source, "main", tables);
+      for (const { name } of tables) source.exec(`DROP TABLE main.${quoted(name)}`);
+      if (tableExists(source, "main", "schema_migrations")) {
+        source.prepare("DELETE FROM schema_migrations WHERE owner = ?").run(move.owner);
+      }
+      return tables.map((table) => table.name);
+    });
+  } finally {
+    source.close();
+  }
+}
+
+function checkedPrefix(prefix: string): string {
+  // An empty prefix would take every table; sqlite_ names are SQLite's own.
+  if (prefix === "" || prefix.toLowerCase().startsWith("sqlite_")) {
+    throw new Error(`invalid table prefix "${prefix}"`);
+  }
+  return prefix;
+}
+
+/** The tables of `schema` named `prefix...` (compared exactly: LIKE would read `_` as a wildcard). */
+function ownedTables(
+  db: DatabaseSync,
+  schema: "main" | "source",
+  prefix: string,
+): { readonly name: string; readonly sql: string }[] {
+  return db
+    .prepare(
+      `SELECT name, sql FROM ${schema}.sqlite_master
+        WHERE type = 'table' AND substr(name, 1, length(?1)) = ?1 AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+        ORDER BY name`,
+    )
+    .all(prefix) as { name: string; sql: string }[];
+}
+
+/** Whether main has the owner's migrations or any of its tables: a copy committed there. */
+function ownsTables(db: DatabaseSync, owner: string, prefix: string): boolean {
+  if (ownedTables(db, "main", prefix).length > 0) return true;
+  return (
+    tableExists(db, "main", "schema_migrations") &&
+    db.prepare("SELECT 1 FROM main.schema_migrations WHERE owner = ? LIMIT 1").get(owner) !== undefined
+  );
+}
+
+function tableExists(db: DatabaseSync, schema: "main" | "source", name: string): boolean {
+  return (
+    db.prepare(`SELECT 1 FROM ${schema}.sqlite_master WHERE type = 'table' AND name = ?`).get(name) !==
+    undefined
+  );
+}
+
+/**
+ * Refuses a move that would cut a foreign key: one of a staying table to a moving one, or of a
+ * moving one to a staying one (in its new file it would refer to a table that is not there).
+ */
+function checkForeignKeyBoundary(
+  db: DatabaseSync,
+  schema: "main" | "source",
+  moving: readonly { readonly name: string }[],
+): void {
+  const names = new Set(moving.map((table) => table.name.toLowerCase()));
+  const references = db
+    .prepare(
+      `SELECT m.name AS child, f."table" AS parent
+         FROM ${schema}.sqlite_master AS m, pragma_foreign_key_list(m.name, '${schema}') AS f
+        WHERE m.type = 'table'`,
+    )
+    .all() as { child: string; parent: string }[];
+  for (const { child, parent } of references) {
+    if (names.has(child.toLowerCase()) !== names.has(parent.toLowerCase())) {
+      throw new Error(`cannot move: foreign key of ${child} to ${parent} would cross files`);
+    }
+  }
+}
+
+function quoted(identifier: string): string {
+  return `"${identifier.replaceAll('"', '""')}"`;
 }

@@ -1,8 +1,8 @@
 // The history service alone in its own process: `node services/history/main.ts`.
 // PARLEY_PROFILE=cluster runs it on Cassandra (history, inboxes, receipts; rows expire by TTL) and
 // Pulsar, with the RequestResend rate limit in Redis (shared by every history process); the
-// default, embedded, on the SQLite file and the embedded broker's file in PARLEY_DATA_DIR, with a
-// retention sweep and the rate limit in memory.
+// default, embedded, on its own SQLite file (history.db: see prepareHistoryFile) and the embedded
+// broker's file in PARLEY_DATA_DIR, with a retention sweep and the rate limit in memory.
 import { join } from "node:path";
 import type { Broker } from "../../lib/broker/broker.ts";
 import { Topics } from "../../lib/broker/broker.ts";
@@ -20,6 +20,7 @@ import type { Logger } from "../../lib/logging.ts";
 import { createRedisRateLimiter } from "../../lib/redis/redis-rate-limiter.ts";
 import { grpcServiceConfigSpec, runProcess, startGrpcService } from "../../lib/service-process.ts";
 import { createCassandraHistoryStore } from "./adapters/cassandra/cassandra-history-store.ts";
+import { prepareHistoryFile } from "./adapters/sqlite/history-file.ts";
 import { DEFAULT_RETENTION_MS } from "./domain/history.ts";
 import { createHistoryService, DEFAULT_RESEND_RATE, HISTORY_DEFAULT_PORT } from "./service.ts";
 
@@ -62,7 +63,7 @@ await runProcess("history", async (logger) => {
       logger,
     );
     history = await createHistoryService({
-      dbPath: join(config.dataDir, "parley.db"),
+      dbPath: prepareHistoryFile(config.dataDir),
       broker,
       logger,
       retentionMs: config.retentionMs,

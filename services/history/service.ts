@@ -33,7 +33,7 @@ export const DEFAULT_RESEND_RATE: RateRule = { burst: 10, perSecond: 0.2 };
 export type HistoryServiceOptions = HistoryServiceSettings &
   (
     | {
-        /** The SQLite file (`<dataDir>/parley.db`, shared with other services' tables), or ":memory:". */
+        /** The SQLite file (`<dataDir>/history.db`, `prepareHistoryFile`), or ":memory:". */
         readonly dbPath: string;
         readonly store?: undefined;
       }
