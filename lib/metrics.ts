@@ -17,6 +17,7 @@ import type { Server } from "node:http";
 import { createServer } from "node:http";
 import type { ELDHistogram } from "node:perf_hooks";
 import { monitorEventLoopDelay } from "node:perf_hooks";
+import { isMainThread } from "node:worker_threads";
 import type {
   Attributes,
   Counter,
@@ -36,7 +37,7 @@ import type { RateLimiter } from "./rate-limit.ts";
 
 /** What a MeterProvider must offer to be attached: meters by scope (the API's MeterProvider). */
 export interface MeterSource {
-  getMeter(name: string): Meter;
+  getMeter(name: string): ParleyMeter;
 }
 
 /** The part of the OpenTelemetry Meter API Parley uses. */
@@ -60,13 +61,13 @@ export const MESSAGE_LATENCY_BUCKETS_S = [
 
 interface Bindable {
   readonly scope: string;
-  bind(meters: readonly Meter[]): void;
+  bind(meters: readonly ParleyMeter[]): void;
 }
 
 const attached: MeterSource[] = [];
 const instruments = new Map<string, Bindable>();
 
-function metersOf(scope: string): Meter[] {
+function metersOf(scope: string): ParleyMeter[] {
   return attached.map((provider) => provider.getMeter(scope));
 }
 
@@ -95,15 +96,15 @@ type Recorder = { record(value: number, attributes?: Attributes): void };
 
 class ForwardingAdder implements Bindable, Counter, UpDownCounter {
   readonly scope: string;
-  private readonly make: (meter: Meter) => Adder;
+  private readonly make: (meter: ParleyMeter) => Adder;
   private targets: Adder[] = [];
 
-  constructor(scope: string, make: (meter: Meter) => Adder) {
+  constructor(scope: string, make: (meter: ParleyMeter) => Adder) {
     this.scope = scope;
     this.make = make;
   }
 
-  bind(meters: readonly Meter[]): void {
+  bind(meters: readonly ParleyMeter[]): void {
     this.targets = meters.map(this.make);
   }
 
@@ -114,15 +115,15 @@ class ForwardingAdder implements Bindable, Counter, UpDownCounter {
 
 class ForwardingRecorder implements Bindable, Histogram {
   readonly scope: string;
-  private readonly make: (meter: Meter) => Recorder;
+  private readonly make: (meter: ParleyMeter) => Recorder;
   private targets: Recorder[] = [];
 
-  constructor(scope: string, make: (meter: Meter) => Recorder) {
+  constructor(scope: string, make: (meter: ParleyMeter) => Recorder) {
     this.scope = scope;
     this.make = make;
   }
 
-  bind(meters: readonly Meter[]): void {
+  bind(meters: readonly ParleyMeter[]): void {
     this.targets = meters.map(this.make);
   }
 
@@ -133,11 +134,11 @@ class ForwardingRecorder implements Bindable, Histogram {
 
 class ForwardingObservable implements Bindable, ObservableGauge {
   readonly scope: string;
-  private readonly make: (meter: Meter) => ObservableGauge;
+  private readonly make: (meter: ParleyMeter) => ObservableGauge;
   private readonly callbacks = new Set<ObservableCallback>();
   private bound: ObservableGauge[] = [];
 
-  constructor(scope: string, make: (meter: Meter) => ObservableGauge) {
+  constructor(scope: string, make: (meter: ParleyMeter) => ObservableGauge) {
     this.scope = scope;
     this.make = make;
   }
@@ -153,7 +154,7 @@ class ForwardingObservable implements Bindable, ObservableGauge {
       );
   };
 
-  bind(meters: readonly Meter[]): void {
+  bind(meters: readonly ParleyMeter[]): void {
     for (const observable of this.bound) observable.removeCallback(this.observeAll);
     this.bound = meters.map((meter) => {
       const observable = this.make(meter);
@@ -229,7 +230,8 @@ const runtime = (() => {
     result.observe(histogram.percentile(99) / 1e9);
     histogram.reset();
   });
-  memory.addCallback((result) => result.observe(process.memoryUsage.rss()));
+  // The resident set is the whole process's: a worker thread reporting it too would count it twice.
+  if (isMainThread) memory.addCallback((result) => result.observe(process.memoryUsage.rss()));
   return {
     /** The delay monitor runs a timer: only while some provider may collect it. */
     update(active: boolean): void {

@@ -25,6 +25,12 @@ export type TelemetryOptions = {
    * leaves it unset.
    */
   readonly spanProcessors?: readonly SpanProcessor[];
+  /**
+   * Whether this thread's instruments go out over OTLP when the environment asks for it (default
+   * true). A worker thread says false: it forwards its records to the main thread's instruments
+   * (lib/thread-telemetry.ts), which export them once.
+   */
+  readonly exportMetrics?: boolean;
 };
 
 /** Flushes and stops telemetry; call it last on shutdown so the final spans leave. */
@@ -120,6 +126,28 @@ const traceFileSpec = { traceFile: optional(stringVar("PARLEY_TRACE_FILE")) };
 const TRACE_FILE_DELAY_MS = 500;
 
 let running: StopTelemetry | undefined;
+/** The running telemetry's span processors of ours (tests' in-memory ones, the trace file's). */
+let processorsOfOurs: readonly SpanProcessor[] = [];
+let runningServiceName = "";
+
+/**
+ * What a worker thread's telemetry should do, given this thread's. `spans`: `off` when telemetry
+ * is not running here (no spans are made here either); `forward` to this thread's processors of
+ * ours (an in-memory exporter, the trace file: one file, one test); `own` when spans leave over
+ * OTLP or nowhere, which the worker's SDK does on its own from the same environment.
+ */
+export function telemetryForThreads(): {
+  readonly spans: "off" | "forward" | "own";
+  readonly serviceName: string;
+} {
+  if (running === undefined) return { spans: "off", serviceName: "" };
+  return { spans: processorsOfOurs.length > 0 ? "forward" : "own", serviceName: runningServiceName };
+}
+
+/** This thread's span processors of ours, which take a worker thread's forwarded spans. */
+export function spanProcessorsForThreads(): readonly SpanProcessor[] {
+  return processorsOfOurs;
+}
 
 /**
  * Starts the OpenTelemetry SDK once per process: W3C trace context propagation, and export over
@@ -140,9 +168,9 @@ export function startTelemetry(options: TelemetryOptions): StopTelemetry {
   }
   const env = process.env;
   const exportingTraces = Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT);
-  const exportingMetrics = Boolean(
-    env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
-  );
+  const exportingMetrics =
+    options.exportMetrics !== false &&
+    Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT);
   const sampler = createSampler(env);
   const { traceFile } = loadConfig(traceFileSpec, env);
   if (traceFile !== undefined && exportingTraces && options.spanProcessors === undefined) {
@@ -182,9 +210,12 @@ export function startTelemetry(options: TelemetryOptions): StopTelemetry {
   });
   // The provider the SDK registered (its OTLP reader): Parley's instruments record into it too.
   const detachMetrics = exportingMetrics ? attachMeterProvider(metrics.getMeterProvider()) : () => {};
+  processorsOfOurs = [...(options.spanProcessors ?? []), ...fileProcessors];
+  runningServiceName = options.serviceName;
   const stop: StopTelemetry = async () => {
     if (running === stop) {
       running = undefined;
+      processorsOfOurs = [];
     }
     detachMetrics();
     await sdk.shutdown();
