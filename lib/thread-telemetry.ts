@@ -219,12 +219,10 @@ function toReadableSpan(plain: PlainSpan, resource: Resource): ReadableSpan {
 
 // ---- the worker's side
 
-/** How often a worker sends what it recorded: soon enough for a scrape or `npm run trace` right after. */
+/** How often a worker sends its metric records: soon enough for a scrape right after. */
 const FLUSH_INTERVAL_MS = 250;
 /** Gauges are observed every this many flushes (once a second). */
 const GAUGE_EVERY_FLUSHES = 4;
-/** A fan-out ends many spans at once: send them without waiting for the timer past this many. */
-const SPANS_PER_BATCH = 1_024;
 
 /**
  * Starts a worker thread's telemetry as `settings` say (see the module comment) and sends its
@@ -240,6 +238,7 @@ export function startThreadTelemetry(port: MessagePort, settings: ThreadTelemetr
   let resource: Resource | undefined;
   let resourceSent = false;
   let flushes = 0;
+  let spansScheduled = false;
 
   const flush = async (withGauges: boolean) => {
     const gauges = withGauges ? await observeGauges(gaugeCallbacks) : [];
@@ -306,7 +305,15 @@ export function startThreadTelemetry(port: MessagePort, settings: ThreadTelemetr
       if ((span.spanContext().traceFlags & TraceFlags.SAMPLED) === 0) return;
       resource ??= span.resource;
       spans.push(toPlainSpan(span));
-      if (spans.length >= SPANS_PER_BATCH) void flush(false);
+      // At the end of this turn, with every span it ended: the main thread's processors see a
+      // span about when they would see one of their own thread's (tests wait on them).
+      if (!spansScheduled) {
+        spansScheduled = true;
+        setImmediate(() => {
+          spansScheduled = false;
+          void flush(false);
+        });
+      }
     },
     forceFlush: () => flush(false),
     shutdown: () => flush(false),

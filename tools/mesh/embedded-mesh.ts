@@ -12,9 +12,10 @@ import type { RunningService } from "../../lib/service-process.ts";
 import { startGrpcService } from "../../lib/service-process.ts";
 import { createConnectionService } from "../../services/connection/service.ts";
 import { createDeliveryService } from "../../services/delivery/service.ts";
-import { createHistoryService } from "../../services/history/service.ts";
 import { createKeyService } from "../../services/key/service.ts";
 import { createSenderService } from "../../services/sender/service.ts";
+import type { HistoryThreadSettings } from "./history-thread.ts";
+import { startServiceThread } from "./service-thread.ts";
 
 export interface EmbeddedMeshOptions {
   /** Where the embedded engines keep their data. */
@@ -27,6 +28,11 @@ export interface EmbeddedMeshOptions {
   readonly edge?: Partial<
     Pick<EdgeConfig, "heartbeatIntervalMs" | "streamQueueLimit" | "drainTimeoutMs" | "leaseTtlMs">
   >;
+  /**
+   * Called when a service's worker thread dies (history runs on its own): the mesh is then broken,
+   * and `npm start` ends the process so its supervisor starts it again. It is logged either way.
+   */
+  readonly onThreadFailure?: (error: Error) => void;
 }
 
 export interface EmbeddedMesh {
@@ -41,8 +47,9 @@ export interface EmbeddedMesh {
 /**
  * The embedded profile: every service and the edge in one process, talking gRPC over loopback
  * exactly as in the cluster profile, on the embedded engines under `dataDir`: one SQLite file for
- * the stores (`parley.db`) and one for the broker (`broker.db`). This is the only place besides
- * each service's own main that picks adapters.
+ * the stores (`parley.db`), history's own (`history.db`, written from its worker thread) and one
+ * for the broker (`broker.db`). This is the only place besides each service's own main that picks
+ * adapters (and tools/mesh/history-thread.ts, history's side of it).
  */
 export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<EmbeddedMesh> {
   const dataDir = resolve(options.dataDir);
@@ -99,14 +106,19 @@ export async function startEmbeddedMesh(options: EmbeddedMeshOptions): Promise<E
     track("sender-parts", () => sender.stop());
     await serve("sender", sender.registrations);
 
-    const history = await createHistoryService({
-      dbPath: storePath,
+    // History on its own thread: storing a message and its receipts is the mesh's heaviest
+    // synchronous work (SQLite), and there it no longer holds up the edge's pushes.
+    const historySettings: HistoryThreadSettings = { dataDir, connectionAddress };
+    const history = await startServiceThread({
+      name: "history",
+      entry: new URL("./history-thread.ts", import.meta.url),
+      settings: historySettings,
       broker,
-      logger: options.logger,
-      connectionAddress,
+      logger: options.logger.child({ service: "history" }),
+      onUnexpectedExit: options.onThreadFailure ?? (() => {}),
     });
-    track("history-parts", () => history.stop());
-    await serve("history", history.registrations);
+    started.push({ name: "history", address: history.address, stop: history.stop });
+    internal.history = history.address;
     const delivery = await createDeliveryService({ broker, registry, logger: options.logger });
     track("delivery-parts", () => delivery.stop());
     await serve("delivery", delivery.registrations);

@@ -14,7 +14,13 @@ const configSpec = {
 
 await runProcess("parley", async (logger) => {
   const config = loadConfig(configSpec);
-  const mesh = await startEmbeddedMesh({ ...config, logger });
+  const mesh = await startEmbeddedMesh({
+    ...config,
+    logger,
+    // A dead service thread leaves a mesh that accepts sends it cannot store: end the process
+    // (what was accepted is durable in the SQLite files) so the supervisor starts it again.
+    onThreadFailure: () => void mesh.stop().finally(() => process.exit(1)),
+  });
   // Printed plainly (besides the JSON logs) so a developer sees at once where to point a client.
   process.stdout.write(`\nParley is running (embedded profile, data in ${config.dataDir})\n`);
   process.stdout.write(`  edge: ${mesh.edgeUrl}\n`);
