@@ -22,6 +22,8 @@ interface ServiceThreadData<Settings> {
   readonly name: string;
   readonly settings: Settings;
   readonly logLevel: LogLevel;
+  /** The main thread's logger's name and bindings, so the worker's lines read like its own. */
+  readonly logBindings: Record<string, unknown>;
   readonly brokerPort: MessagePort;
   readonly telemetryPort: MessagePort;
   readonly telemetry: ThreadTelemetrySettings;
@@ -59,6 +61,7 @@ export async function startServiceThread<Settings>(options: {
     name: options.name,
     settings: options.settings,
     logLevel: options.logger.level as LogLevel,
+    logBindings: options.logger.bindings(),
     brokerPort: brokerChannel.port2,
     telemetryPort: telemetryChannel.port2,
     telemetry: telemetry.settings,
@@ -144,7 +147,8 @@ export async function runServiceThread<Settings>(
   const port = parentPort;
   if (port === null) throw new Error("runServiceThread runs on a worker thread");
   const stopTelemetry = startThreadTelemetry(data.telemetryPort, data.telemetry);
-  const logger = createLogger(data.name, data.logLevel);
+  const { name, ...bindings } = data.logBindings;
+  const logger = createLogger(typeof name === "string" ? name : data.name, data.logLevel).child(bindings);
   const broker = createMessagePortBroker(data.brokerPort);
   let service: ThreadService;
   try {
