@@ -106,6 +106,31 @@ describe("createGroupCommit", () => {
     expect(committedBefore).toEqual([0, 0, 2, 2, 4]);
   });
 
+  it("commits a transaction of writes that need not wait for the disk without an fsync, any other with one", async () => {
+    const group = createGroupCommit(db);
+    const level = () =>
+      Number((db.prepare("PRAGMA synchronous").get() as { synchronous: number }).synchronous);
+    const lazyOnly = await Promise.all([
+      group.run(() => [insert("a")(), level()], { waitForDisk: false }),
+      group.run(() => [insert("b")(), level()], { waitForDisk: false }),
+    ]);
+    expect(lazyOnly.map(([, sync]) => sync)).toEqual([1, 1]); // NORMAL for the whole transaction
+    const mixed = await Promise.all([
+      group.run(() => level(), { waitForDisk: false }),
+      group.run(() => level()),
+    ]);
+    expect(mixed).toEqual([2, 2]); // one write that must wait makes the commit wait (FULL)
+    expect(level()).toBe(2);
+    expect(committedLabels()).toEqual(["a", "b"]);
+    // A failing write among them is rolled back alone, as in any transaction.
+    const outcomes = await Promise.allSettled([
+      group.run(insert("a"), { waitForDisk: false }),
+      group.run(insert("c"), { waitForDisk: false }),
+    ]);
+    expect(outcomes.map((o) => o.status)).toEqual(["rejected", "fulfilled"]);
+    expect([committedLabels(), level(), db.isTransaction]).toEqual([["a", "b", "c"], 2, false]);
+  });
+
   it("commits what is queued when flushed before a close", async () => {
     const group = createGroupCommit(db);
     const pending = group.run(insert("a"));

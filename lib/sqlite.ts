@@ -92,14 +92,20 @@ export interface GroupCommit {
    * Queues `work` for the next shared transaction and resolves with its result once that
    * transaction is committed (so durably, under `synchronous = FULL`). A work that throws is rolled
    * back alone and its promise rejects; the others of its transaction still commit.
+   *
+   * `waitForDisk: false` is for writes whose loss on a power cut only repeats work that tolerates
+   * repeats (see `withoutWaitingForDisk`): a transaction made of such writes alone commits without
+   * an fsync and is made durable by the next one that waits. It is still answered only once
+   * committed, so it survives a crash of the process.
    */
-  run<T>(work: () => T): Promise<T>;
+  run<T>(work: () => T, options?: { readonly waitForDisk?: boolean }): Promise<T>;
   /** Commits what is queued now, before the database is closed. */
   flushNow(): void;
 }
 
 type QueuedWork = {
   readonly work: () => unknown;
+  readonly waitForDisk: boolean;
   readonly resolve: (value: unknown) => void;
   readonly reject: (reason: unknown) => void;
 };
@@ -139,6 +145,16 @@ export function createGroupCommit(
     if (batch === queue) queue = [];
     if (queue.length > 0) schedule();
     if (batch.length === 0) return; // flushNow took them
+    try {
+      if (batch.some((item) => item.waitForDisk)) runTransaction(batch);
+      else withoutWaitingForDisk(db, () => runTransaction(batch));
+    } catch (error) {
+      // Switching `synchronous` failed: no caller may wait forever (settled ones ignore this).
+      for (const item of batch) item.reject(error);
+    }
+  };
+
+  const runTransaction = (batch: QueuedWork[]) => {
     const outcomes: ({ ok: true; value: unknown } | { ok: false; error: unknown })[] = [];
     try {
       db.exec("BEGIN IMMEDIATE");
@@ -197,9 +213,10 @@ export function createGroupCommit(
   }
 
   return {
-    run<T>(work: () => T): Promise<T> {
+    run<T>(work: () => T, runOptions?: { readonly waitForDisk?: boolean }): Promise<T> {
       return new Promise<T>((resolve, reject) => {
-        queue.push({ work, resolve: resolve as (value: unknown) => void, reject });
+        const waitForDisk = runOptions?.waitForDisk ?? true;
+        queue.push({ work, waitForDisk, resolve: resolve as (value: unknown) => void, reject });
         schedule();
       });
     },
